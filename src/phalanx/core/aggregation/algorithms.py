@@ -1,0 +1,369 @@
+"""Server-side federated optimization algorithms.
+
+Every algorithm receives the participants' new local *weights* and returns new global weights.
+The adaptive ones treat ``weighted_mean(updates) - global`` as a pseudo-gradient (Reddi et al.,
+2021): a server learning rate of 1 and no momentum gives back FedAvg.
+
+=========  ===========================================================================
+fedavg     McMahan et al., "Communication-Efficient Learning of Deep Networks from
+           Decentralized Data", AISTATS 2017.
+fedprox    Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+scaffold   Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated
+           Learning", ICML 2020.
+fedavgm    Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data Distribution
+           for Federated Visual Classification", arXiv:1909.06335, 2019.
+fedadam,   Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
+fedyogi
+=========  ===========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from phalanx.core.aggregation.base import check_compatible, to_float32, uniform_sum, weighted_mean
+from phalanx.core.errors import AggregationError, ConfigError
+from phalanx.core.types import Update, Weights
+
+F64 = list[NDArray[np.float64]]
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool) -> float:
+    value = float(value)
+    ok_low = value > low if low_open else value >= low
+    if not (np.isfinite(value) and ok_low and value <= high):
+        bracket = "(" if low_open else "["
+        raise ConfigError(
+            f"{name} must be in {bracket}{low}, {high}]; found {value}",
+        )
+    return value
+
+
+class _Algorithm:
+    """Shared plumbing: update validation and the default (stateless) state methods."""
+
+    name: str = ""
+
+    def task_config(self) -> dict[str, float]:
+        return {}
+
+    def task_extras(self) -> dict[str, Weights]:
+        return {}
+
+    def state(self) -> dict[str, Weights]:
+        return {}
+
+    def load_state(self, state: Mapping[str, Weights]) -> None:
+        self._check_state_keys(state, set())
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        raise NotImplementedError
+
+    def _mean(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        names = [str(u.participant) for u in updates]
+        lists = [u.weights for u in updates]
+        check_compatible(lists, names, reference=global_weights)
+        return weighted_mean(lists, [u.num_examples for u in updates], names)
+
+    def _check_state_keys(self, state: Mapping[str, Weights], expected: set[str]) -> None:
+        if set(state) != expected:
+            raise AggregationError(
+                f"{self.name} state has keys {sorted(state)}; expected {sorted(expected)}",
+                hint="the checkpoint was written by another aggregation algorithm",
+            )
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class FedAvg(_Algorithm):
+    """Federated Averaging: the sample-weighted mean of the local weights.
+
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+    AISTATS 2017.
+    """
+
+    name = "fedavg"
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        """Return ``sum_k n_k w_k / sum_k n_k`` (the global weights only fix the layout)."""
+        return self._mean(global_weights, updates)
+
+
+class FedProx(FedAvg):
+    """FedProx: FedAvg on the server; participants add ``mu/2 * ||w - w_global||^2`` locally.
+
+    Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020.
+
+    Parameters
+    ----------
+    proximal_mu:
+        Strength of the proximal term (>= 0; 0 is FedAvg). Typical values 0.001-1.
+    """
+
+    name = "fedprox"
+
+    def __init__(self, proximal_mu: float = 0.01) -> None:
+        self.proximal_mu = _check_range("proximal_mu", proximal_mu, 0.0, 1e6, low_open=False)
+
+    def task_config(self) -> dict[str, float]:
+        return {"proximal_mu": self.proximal_mu}
+
+
+class FedAvgM(_Algorithm):
+    """FedAvg with server momentum on the pseudo-gradient.
+
+    Hsu, Qi and Brown, "Measuring the Effects of Non-Identical Data Distribution for Federated
+    Visual Classification", arXiv:1909.06335, 2019. With ``d = x - mean_k(w_k)``::
+
+        v <- server_momentum * v + d
+        x <- x - server_lr * v
+
+    Parameters
+    ----------
+    server_lr:
+        Server learning rate (> 0). With ``server_momentum=0`` and ``server_lr=1`` this is
+        FedAvg.
+    server_momentum:
+        Server momentum in [0, 1); the effective rate is ``server_lr / (1 - server_momentum)``.
+    """
+
+    name = "fedavgm"
+
+    def __init__(self, server_lr: float = 1.0, server_momentum: float = 0.9) -> None:
+        self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
+        self.server_momentum = _check_range(
+            "server_momentum", server_momentum, 0.0, 0.999999, low_open=False
+        )
+        self._velocity: Weights | None = None
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        mean = self._mean(global_weights, updates)
+        if self._velocity is not None:
+            check_compatible(
+                [global_weights],
+                ["the global model"],
+                reference=self._velocity,
+                reference_name="the server momentum",
+            )
+        new_velocity: Weights = []
+        out: Weights = []
+        for layer, (x, m) in enumerate(zip(global_weights, mean, strict=True)):
+            x64 = np.asarray(x, dtype=np.float64)
+            d = x64 - m.astype(np.float64)
+            v = d if self._velocity is None else self.server_momentum * self._velocity[layer] + d
+            v32 = np.asarray(v, dtype=np.float32)
+            new_velocity.append(v32)
+            out.append((x64 - self.server_lr * v32.astype(np.float64)).astype(np.float32))
+        self._velocity = new_velocity
+        return out
+
+    def state(self) -> dict[str, Weights]:
+        return {} if self._velocity is None else {"velocity": to_float32(self._velocity)}
+
+    def load_state(self, state: Mapping[str, Weights]) -> None:
+        if not state:
+            self._velocity = None
+            return
+        self._check_state_keys(state, {"velocity"})
+        self._velocity = to_float32(state["velocity"])
+
+
+class _Adaptive(_Algorithm):
+    """FedOpt family of Reddi et al., ICLR 2021 (Algorithm 2), without bias correction.
+
+    With the pseudo-gradient ``d = mean_k(w_k) - x``::
+
+        m <- beta1 * m + (1 - beta1) * d
+        v <- (second-moment rule of the subclass)
+        x <- x + server_lr * m / (sqrt(v) + tau)
+
+    ``m`` starts at 0 and ``v`` at ``tau**2`` as in the paper.
+    """
+
+    def __init__(
+        self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
+        self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
+        self.beta1 = _check_range("beta1", beta1, 0.0, 0.999999, low_open=False)
+        self.beta2 = _check_range("beta2", beta2, 0.0, 0.999999, low_open=False)
+        self.tau = _check_range("tau", tau, 0.0, 1e3, low_open=True)
+        self._m: Weights | None = None
+        self._v: Weights | None = None
+
+    def _second_moment(
+        self, v: NDArray[np.float64], d2: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        raise NotImplementedError
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        mean = self._mean(global_weights, updates)
+        if self._m is None or self._v is None:
+            self._m = [np.zeros_like(w, dtype=np.float32) for w in global_weights]
+            self._v = [np.full_like(w, self.tau**2, dtype=np.float32) for w in global_weights]
+        check_compatible(
+            [global_weights],
+            ["the global model"],
+            reference=self._m,
+            reference_name="the server moments",
+        )
+        new_m: Weights = []
+        new_v: Weights = []
+        out: Weights = []
+        for x, w, m_old, v_old in zip(global_weights, mean, self._m, self._v, strict=True):
+            x64 = np.asarray(x, dtype=np.float64)
+            d = w.astype(np.float64) - x64
+            m = (self.beta1 * m_old.astype(np.float64) + (1.0 - self.beta1) * d).astype(np.float32)
+            v = self._second_moment(v_old.astype(np.float64), d * d).astype(np.float32)
+            step = (
+                self.server_lr * m.astype(np.float64) / (np.sqrt(v.astype(np.float64)) + self.tau)
+            )
+            new_m.append(m)
+            new_v.append(v)
+            out.append((x64 + step).astype(np.float32))
+        self._m, self._v = new_m, new_v
+        return out
+
+    def state(self) -> dict[str, Weights]:
+        if self._m is None or self._v is None:
+            return {}
+        return {"m": to_float32(self._m), "v": to_float32(self._v)}
+
+    def load_state(self, state: Mapping[str, Weights]) -> None:
+        if not state:
+            self._m = self._v = None
+            return
+        self._check_state_keys(state, {"m", "v"})
+        check_compatible([state["v"]], ["v"], reference=state["m"], reference_name="m")
+        self._m, self._v = to_float32(state["m"]), to_float32(state["v"])
+
+
+class FedAdam(_Adaptive):
+    """Server-side Adam: ``v <- beta2 * v + (1 - beta2) * d**2`` (Reddi et al., ICLR 2021).
+
+    Parameters
+    ----------
+    server_lr:
+        Server learning rate, the paper's ``eta`` (> 0); the largest per-coordinate step is
+        about ``server_lr``.
+    beta1, beta2:
+        First- and second-moment decay rates in [0, 1).
+    tau:
+        Adaptivity floor (> 0): larger values make the update closer to FedAvgM.
+    """
+
+    name = "fedadam"
+
+    def _second_moment(
+        self, v: NDArray[np.float64], d2: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        return self.beta2 * v + (1.0 - self.beta2) * d2
+
+
+class FedYogi(_Adaptive):
+    """Server-side Yogi: ``v <- v - (1 - beta2) * d**2 * sign(v - d**2)`` (Reddi et al., 2021).
+
+    Yogi's second moment grows additively, so it adapts more gently than Adam when the
+    pseudo-gradient suddenly grows (common with heterogeneous participants).
+
+    Parameters
+    ----------
+    server_lr, beta1, beta2, tau:
+        As for :class:`FedAdam`.
+    """
+
+    name = "fedyogi"
+
+    def _second_moment(
+        self, v: NDArray[np.float64], d2: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        return v - (1.0 - self.beta2) * d2 * np.sign(v - d2)
+
+
+class Scaffold(_Algorithm):
+    """SCAFFOLD: stochastic controlled averaging (Karimireddy et al., ICML 2020, Algorithm 1).
+
+    The server keeps a control variate ``c`` and sends it with each task as
+    ``task_extras()["control"]``; each participant sends its new weights ``y_k`` and its control
+    delta ``extras["control_delta"]`` (option II of the paper). Over the sampled set ``S``::
+
+        x <- x + server_lr * (weighted_mean_k(y_k) - x)
+        c <- c + (|S| / N) * mean_k(delta_c_k)     # = c + sum_k(delta_c_k) / N
+
+    The weights use the sample-weighted mean (as FedAvg) rather than the paper's plain mean, so
+    that participants with more data count more; the control update keeps the paper's uniform
+    form, which maintains ``c = mean_i(c_i)`` over all N participants.
+
+    Before the first aggregation ``c`` is zero and ``task_extras()`` is empty; participants
+    treat a missing ``"control"`` as zero.
+
+    Parameters
+    ----------
+    server_lr:
+        Global step size ``eta_g`` (> 0; the paper uses 1).
+    num_participants:
+        N, the number of participants in the federation. 0 means "the sampled set is all of
+        them" (``|S| / N = 1``).
+    """
+
+    name = "scaffold"
+
+    def __init__(self, server_lr: float = 1.0, num_participants: int = 0) -> None:
+        self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
+        if int(num_participants) != num_participants or num_participants < 0:
+            raise ConfigError(f"num_participants must be an integer >= 0; found {num_participants}")
+        self.num_participants = int(num_participants)
+        self._control: Weights | None = None
+
+    def task_config(self) -> dict[str, float]:
+        return {"scaffold": 1.0}
+
+    def task_extras(self) -> dict[str, Weights]:
+        return {} if self._control is None else {"control": to_float32(self._control)}
+
+    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        mean = self._mean(global_weights, updates)
+        deltas: list[Weights] = []
+        for u in updates:
+            delta = u.extras.get("control_delta")
+            if delta is None:
+                raise AggregationError(
+                    f"{u.participant} sent no extras['control_delta'] for SCAFFOLD",
+                    hint="the participant must run local_train with the SCAFFOLD task config",
+                )
+            deltas.append(delta)
+        names = [f"{u.participant} control_delta" for u in updates]
+        check_compatible(deltas, names, reference=global_weights)
+        n_total = self.num_participants or len(updates)
+        if len(updates) > n_total:
+            raise AggregationError(
+                f"{len(updates)} SCAFFOLD updates but num_participants is {n_total}",
+                hint="set num_participants to the size of the whole federation",
+            )
+        control = self._control or [np.zeros_like(w, dtype=np.float32) for w in global_weights]
+        delta_sum: F64 = uniform_sum(deltas)
+        self._control = [
+            (c.astype(np.float64) + s / n_total).astype(np.float32)
+            for c, s in zip(control, delta_sum, strict=True)
+        ]
+        return [
+            (x64 + self.server_lr * (m.astype(np.float64) - x64)).astype(np.float32)
+            for x64, m in (
+                (np.asarray(x, dtype=np.float64), m)
+                for x, m in zip(global_weights, mean, strict=True)
+            )
+        ]
+
+    def state(self) -> dict[str, Weights]:
+        return {} if self._control is None else {"control": to_float32(self._control)}
+
+    def load_state(self, state: Mapping[str, Weights]) -> None:
+        if not state:
+            self._control = None
+            return
+        self._check_state_keys(state, {"control"})
+        self._control = to_float32(state["control"])

@@ -1,0 +1,176 @@
+"""Model bundles: a folder with ``model.safetensors`` (weights) and ``model.json`` (metadata).
+
+Nothing is pickled and ``torch.load`` is never called: a bundle that crossed a trust boundary
+can at worst be refused. ``model.json`` holds::
+
+    {"format": "phalanx.model", "format_version": 1,
+     "class": "MLPClassifier" | "AutoencoderDetector",
+     "params": {constructor parameters}, "fitted": {n_seen_, threshold_ ...},
+     "layers": [weight names, in get_weights() order],
+     "metadata": {caller's dict: schema hash, round, metrics ...}}
+
+Both files are written to a temporary name and renamed, so a crash never leaves half a bundle
+under the final names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from phalanx.core.errors import ModelError
+from phalanx.models.autoencoder import AutoencoderDetector
+from phalanx.models.mlp import MLPClassifier
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "phalanx.model"
+FORMAT_VERSION = 1
+
+Model = MLPClassifier | AutoencoderDetector
+MODEL_CLASSES: dict[str, type[MLPClassifier] | type[AutoencoderDetector]] = {
+    "MLPClassifier": MLPClassifier,
+    "AutoencoderDetector": AutoencoderDetector,
+}
+
+
+def save_model(path_dir: str | os.PathLike[str], model: Model, metadata: dict[str, Any]) -> Path:
+    """Write ``model`` and ``metadata`` as a bundle in ``path_dir`` (created if needed).
+
+    Parameters
+    ----------
+    path_dir:
+        The bundle folder; existing bundle files in it are replaced.
+    model:
+        An initialized or fitted estimator.
+    metadata:
+        JSON-serializable facts to keep with the model (feature schema hash, round, metrics).
+
+    Returns
+    -------
+    Path
+        The bundle folder.
+
+    Raises
+    ------
+    ModelError
+        When the model has no weights or ``metadata`` is not JSON-serializable.
+    """
+    folder = Path(path_dir)
+    names = model.layer_names()
+    weights = model.get_weights()
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "class": type(model).__name__,
+        "params": model.get_params(),
+        "fitted": model.fitted_state(),
+        "layers": names,
+        "metadata": metadata,
+    }
+    try:
+        text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"bundle metadata is not JSON-serializable: {err}") from err
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_weights = folder / f".{WEIGHTS_FILE}.tmp"
+    tmp_meta = folder / f".{META_FILE}.tmp"
+    save_file(dict(zip(names, weights, strict=True)), str(tmp_weights))
+    tmp_meta.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp_weights, folder / WEIGHTS_FILE)
+    os.replace(tmp_meta, folder / META_FILE)
+    return folder
+
+
+def load_model(path_dir: str | os.PathLike[str]) -> tuple[Model, dict[str, Any]]:
+    """Rebuild the estimator saved by :func:`save_model`; return it with its metadata.
+
+    Raises
+    ------
+    ModelError
+        When a file is missing or garbled, the format or class is unknown, or the weights do
+        not match the architecture the parameters describe. The message names the file.
+    """
+    folder = Path(path_dir)
+    meta_path, weights_path = folder / META_FILE, folder / WEIGHTS_FILE
+    for path in (meta_path, weights_path):
+        if not path.is_file():
+            raise ModelError(
+                f"{path}: model bundle file is missing",
+                hint="a bundle folder holds model.json and model.safetensors from save_model",
+            )
+    doc = _read_meta(meta_path)
+    cls = MODEL_CLASSES[doc["class"]]
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelError(f"{weights_path}: not a readable safetensors file ({err})") from err
+    try:
+        model = cls(**_params(doc["params"]))
+        model.check_params()
+        expected = model.expected_layers()
+    except (TypeError, ValueError, ModelError) as err:
+        raise ModelError(f"{meta_path}: invalid model parameters: {err}") from err
+    names = doc["layers"]
+    found = [(n, tuple(tensors[n].shape)) for n in names if n in tensors]
+    if sorted(tensors) != sorted(names) or found != expected:
+        raise ModelError(
+            f"{weights_path}: weights {found} do not match the layers {expected} that "
+            f"{meta_path.name} describes",
+            hint="model.json and model.safetensors come from different models",
+        )
+    model.initialize()
+    try:
+        model.set_weights([tensors[n] for n in names])
+    except ModelError as err:
+        raise ModelError(f"{weights_path}: {err}") from err
+    fitted = doc.get("fitted", {})
+    if not isinstance(fitted, dict):
+        raise ModelError(f"{meta_path}: 'fitted' must be an object")
+    model.load_fitted_state(fitted)
+    metadata = doc.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{meta_path}: 'metadata' must be an object")
+    return model, metadata
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+        raise ModelError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a Phalanx model description (format {FORMAT!r} expected)")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: bundle format version {doc.get('format_version')!r}; this Phalanx reads "
+            f"version {FORMAT_VERSION}",
+            hint="re-export the model with a matching Phalanx version",
+        )
+    if doc.get("class") not in MODEL_CLASSES:
+        raise ModelError(
+            f"{path}: unknown model class {doc.get('class')!r}; expected one of "
+            f"{', '.join(MODEL_CLASSES)}"
+        )
+    if not isinstance(doc.get("params"), dict) or not isinstance(doc.get("layers"), list):
+        raise ModelError(f"{path}: 'params' must be an object and 'layers' a list")
+    return doc
+
+
+def _params(raw: dict[str, Any]) -> dict[str, Any]:
+    params = dict(raw)
+    if isinstance(params.get("hidden"), list):
+        params["hidden"] = tuple(int(h) for h in params["hidden"])
+    return params
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+__all__ = ["load_model", "save_model"]

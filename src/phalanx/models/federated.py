@@ -1,0 +1,206 @@
+"""A participant's side of a training task: build the model, train locally, pack the answer.
+
+The server algorithm (``phalanx.core.aggregation``) says what it needs through the task's
+``config`` and ``extras``; :func:`local_train` turns them into the matching ``partial_fit`` call
+and returns the payload of an :class:`~phalanx.core.types.Update`.
+
+========================  ====================================================================
+config key                meaning
+========================  ====================================================================
+``local_epochs``          local passes over the data (default: the model's ``epochs``)
+``proximal_mu``           FedProx proximal strength (Li et al., MLSys 2020); 0 disables it
+``scaffold``              non-zero: SCAFFOLD local steps (Karimireddy et al., ICML 2020)
+``seed``                  read by :func:`build_model`: seeds initialization, shuffling, dropout
+========================  ====================================================================
+
+Other keys (``model``, ``transform`` ...) are ignored here.
+
+SCAFFOLD needs the participant's own control variate ``c_i`` to survive between rounds: pass a
+``state`` mapping the participant keeps (and persists) across rounds; it is read and updated
+under :data:`SCAFFOLD_STATE_KEY`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from phalanx.core.errors import ConfigError, ModelError
+from phalanx.core.types import Weights
+from phalanx.models.autoencoder import AutoencoderDetector
+from phalanx.models.mlp import MLPClassifier
+
+SCAFFOLD_STATE_KEY = "scaffold_control"
+"""Key of the participant's SCAFFOLD control variate ``c_i`` in the ``state`` mapping."""
+
+Model = MLPClassifier | AutoencoderDetector
+LocalResult = tuple[Weights, int, dict[str, float], dict[str, Weights]]
+"""``(new_weights, num_examples, metrics, extras)``: the payload of an ``Update``."""
+
+MODEL_KINDS = ("mlp", "autoencoder")
+_SPEC_KEYS = {
+    "mlp": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
+            "momentum", "weight_decay", "n_classes"},
+    "autoencoder": {"hidden", "lr", "batch_size", "epochs", "optimizer", "momentum",
+                    "weight_decay", "target_fpr"},
+}  # fmt: skip
+_IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes"}
+
+
+def build_model(
+    spec: Mapping[str, Any], n_features: int, config: Mapping[str, Any] | None = None
+) -> Model:
+    """Create an initialized estimator from a model spec (e.g. ``ModelSpec.model_dump()``).
+
+    Parameters
+    ----------
+    spec:
+        ``{"kind": "mlp" | "autoencoder", "hidden": [...], "lr": ..., ...}``: constructor
+        parameters of :class:`MLPClassifier` or :class:`AutoencoderDetector`.
+        ``class_weight: "none"`` means no weighting. For the autoencoder, ``dropout``,
+        ``class_weight`` and ``n_classes`` are ignored.
+    n_features:
+        Width of the transformed feature vectors.
+    config:
+        Task config; its ``seed`` (default 0) seeds the model, ``local_epochs`` sets ``epochs``.
+
+    Returns
+    -------
+    MLPClassifier or AutoencoderDetector
+        Initialized from the seed, so ``get_weights()`` works at once.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown kind or key, or a parameter out of range.
+    """
+    params = dict(spec)
+    kind = str(params.pop("kind", "mlp"))
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; expected one of: {', '.join(MODEL_KINDS)}")
+    unknown = sorted(set(params) - _SPEC_KEYS[kind] - _IGNORED_BY_AUTOENCODER)
+    if unknown:
+        raise ConfigError(
+            f"unknown {kind} model parameter(s): {', '.join(unknown)}; expected some of: "
+            f"{', '.join(sorted(_SPEC_KEYS[kind]))}"
+        )
+    cfg = config or {}
+    params["seed"] = int(cfg.get("seed", params.get("seed", 0)))
+    if cfg.get("local_epochs") is not None:
+        params["epochs"] = _whole(cfg["local_epochs"], "local_epochs")
+    if "hidden" in params:
+        params["hidden"] = tuple(int(h) for h in params["hidden"])
+    try:
+        model: Model
+        if kind == "mlp":
+            if params.get("class_weight") == "none":
+                params["class_weight"] = None
+            model = MLPClassifier(int(n_features), **params)
+        else:
+            for key in _IGNORED_BY_AUTOENCODER:
+                params.pop(key, None)
+            model = AutoencoderDetector(int(n_features), **params)
+        return model.initialize()
+    except (TypeError, ValueError, ModelError) as err:
+        raise ConfigError(f"invalid {kind} model spec: {err}") from err
+
+
+def local_train(
+    model: Model,
+    X: ArrayLike,
+    y: ArrayLike | None,
+    config: Mapping[str, Any],
+    extras: Mapping[str, Weights],
+    *,
+    state: MutableMapping[str, Weights] | None = None,
+) -> LocalResult:
+    """Train ``model`` (already holding the global weights) as the task says.
+
+    Parameters
+    ----------
+    model:
+        The participant's estimator, with the task's global weights loaded by ``set_weights``.
+        Those weights are the FedProx reference and SCAFFOLD's ``x``.
+    X, y:
+        Local features and labels. An :class:`AutoencoderDetector` accepts ``y=None`` (all
+        rows benign) or uses only the benign rows; an :class:`MLPClassifier` needs ``y``.
+    config:
+        The task config (see the module docstring for the keys read here).
+    extras:
+        Task arrays: SCAFFOLD's server control variate under ``"control"`` (zero when absent,
+        as before the first aggregation).
+    state:
+        Participant state kept across rounds; required for SCAFFOLD.
+
+    Returns
+    -------
+    tuple
+        ``(weights, num_examples, metrics, extras_out)``: the new local weights, the rows
+        trained on, ``{"loss", "steps", "epochs"}``, and for SCAFFOLD
+        ``{"control_delta": c_i+ - c_i}`` (else ``{}``).
+
+    Raises
+    ------
+    ConfigError
+        On a bad ``proximal_mu`` or ``local_epochs``, or SCAFFOLD without ``state``.
+    ModelError
+        When the model has no weights, the data does not fit it, or there is nothing to train
+        on.
+    """
+    epochs = (
+        model.epochs
+        if config.get("local_epochs") is None
+        else _whole(config["local_epochs"], "local_epochs")
+    )
+    mu = float(config.get("proximal_mu", 0.0))
+    if not (math.isfinite(mu) and mu >= 0):
+        raise ConfigError(f"task config proximal_mu must be >= 0; found {mu}")
+    global_weights = model.get_weights()
+    control: tuple[Weights, Weights] | None = None
+    if float(config.get("scaffold", 0.0)) != 0.0:
+        if state is None:
+            raise ConfigError(
+                "SCAFFOLD needs the participant's control variate to persist between rounds",
+                hint="pass local_train a state mapping the participant keeps across rounds",
+            )
+        zeros = [np.zeros_like(w) for w in global_weights]
+        control = (
+            list(extras.get("control", zeros)),
+            list(state.get(SCAFFOLD_STATE_KEY, zeros)),
+        )
+    if isinstance(model, AutoencoderDetector):
+        if model.benign_rows(X, y).shape[0] == 0:
+            raise ModelError(
+                "no benign rows to train the autoencoder on in this task",
+                hint="an autoencoder trains on benign flows only; check the labels",
+            )
+        model.partial_fit(X, y, epochs=epochs, proximal_mu=mu, reference=global_weights,
+                          control=control)  # fmt: skip
+    else:
+        if y is None:
+            raise ModelError("MLPClassifier needs labels (y) for local training")
+        if np.asarray(X).shape[0] == 0:
+            raise ModelError("no local training examples for this task")
+        model.partial_fit(X, y, epochs=epochs, proximal_mu=mu, reference=global_weights,
+                          control=control)  # fmt: skip
+    stats = model.last_stats_
+    metrics = {"loss": stats.loss, "steps": float(stats.steps), "epochs": float(epochs)}
+    extras_out: dict[str, Weights] = {}
+    if control is not None and state is not None:
+        state[SCAFFOLD_STATE_KEY] = model.last_control_
+        extras_out["control_delta"] = model.last_control_delta_
+    return model.get_weights(), stats.examples, metrics, extras_out
+
+
+def _whole(value: Any, key: str) -> int:
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        as_float = math.nan
+    if not (math.isfinite(as_float) and as_float == int(as_float) and as_float >= 0):
+        raise ConfigError(f"task config {key} must be a whole number >= 0; found {value!r}")
+    return int(as_float)

@@ -1,0 +1,232 @@
+"""A multi-layer perceptron flow classifier over the taxonomy's categories."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from torch.nn import functional as F
+
+from phalanx.core.errors import ModelError
+from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX
+from phalanx.core.types import Weights
+from phalanx.models.base import FeedForward, TorchEstimator
+
+CLASS_WEIGHT_CLIP = (0.1, 10.0)
+"""Bounds of the "balanced" class weights, so that a class seen a handful of times does not
+dominate the loss (and a local dataset missing most classes stays trainable)."""
+
+
+class MLPClassifier(TorchEstimator):
+    """Feed-forward classifier: ``n_features -> hidden... -> n_classes`` with ReLU and dropout.
+
+    Estimator conventions of scikit-learn: the constructor only stores parameters; fitted state
+    ends in ``_`` (``net_``, ``n_seen_``, ``rng_``, ``last_stats_``).
+
+    Parameters
+    ----------
+    n_features:
+        Width of the feature vectors (the feature schema's output width).
+    n_classes:
+        Output classes; by default the taxonomy's categories, with ``benign`` at index 0.
+    hidden:
+        Hidden layer widths.
+    dropout:
+        Dropout after each hidden activation, driven by the estimator's own generator.
+    lr:
+        Local learning rate.
+    batch_size:
+        Minibatch size.
+    epochs:
+        Passes over the data per ``fit`` / ``partial_fit`` call.
+    class_weight:
+        ``"balanced"``: the loss weighs class ``c`` by ``n / (k * n_c)`` over the ``k`` classes
+        present in the call's labels, clipped to :data:`CLASS_WEIGHT_CLIP`; absent classes get
+        1 (they contribute no term). ``None``: unweighted.
+    seed:
+        Seeds initialization, shuffling and dropout (private generators, never torch's
+        global one).
+    optimizer:
+        ``"adam"`` or ``"sgd"``. A fresh optimizer is made for each ``fit``/``partial_fit``
+        call: in federated training the global weights change between calls, so stale moments
+        would point the wrong way. SCAFFOLD training always uses plain SGD.
+    momentum:
+        SGD momentum (``optimizer="sgd"`` only).
+    weight_decay:
+        L2 penalty passed to the optimizer.
+    """
+
+    _PARAMS = (
+        "n_features", "n_classes", "hidden", "dropout", "lr", "batch_size", "epochs",
+        "class_weight", "seed", "optimizer", "momentum", "weight_decay",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int = len(CATEGORIES),
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        epochs: int = 1,
+        class_weight: str | None = "balanced",
+        seed: int = 0,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.hidden = tuple(hidden)
+        self.dropout = dropout
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.class_weight = class_weight
+        self.seed = seed
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+
+    _loss_weight: torch.Tensor | None = None
+
+    benign_index: int = CATEGORY_INDEX[BENIGN]
+    """Output column of the benign class, used by :meth:`attack_score`."""
+
+    def check_params(self) -> None:
+        super().check_params()
+        if int(self.n_classes) < 2:
+            raise ModelError(f"n_classes must be >= 2; found {self.n_classes}")
+        if self.class_weight not in ("balanced", None):
+            raise ModelError(
+                f"class_weight must be 'balanced' or None; found {self.class_weight!r}"
+            )
+
+    def _sizes(self) -> list[int]:
+        return [int(self.n_features), *map(int, self.hidden), int(self.n_classes)]
+
+    def _dropout(self) -> float:
+        return float(self.dropout)
+
+    @property
+    def classes_(self) -> NDArray[np.int64]:
+        """Class indices of the output columns."""
+        return np.arange(int(self.n_classes), dtype=np.int64)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
+        """Train from freshly initialized weights for ``epochs`` passes."""
+        self.initialize()
+        return self.partial_fit(X, y)
+
+    def partial_fit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        *,
+        epochs: int | None = None,
+        proximal_mu: float = 0.0,
+        reference: Weights | None = None,
+        control: tuple[Weights, Weights] | None = None,
+    ) -> Self:
+        """Continue training from the current weights (building the network if needed).
+
+        Parameters
+        ----------
+        X:
+            Features, shape (n, n_features), converted to float32.
+        y:
+            Class indices in ``[0, n_classes)``, shape (n,).
+        epochs:
+            Passes over the data; ``None`` uses the ``epochs`` parameter.
+        proximal_mu, reference:
+            FedProx (Li et al., MLSys 2020): adds ``mu/2 * ||w - reference||^2`` to the loss.
+        control:
+            SCAFFOLD (Karimireddy et al., ICML 2020): ``(c, c_i)``, the server and local
+            control variates in :meth:`get_weights` order. Local steps then use plain SGD with
+            gradient ``g + c - c_i``, and ``last_control_`` / ``last_control_delta_`` hold the
+            new ``c_i`` and ``c_i+ - c_i`` (option II). The weights at the start of the call
+            are taken as the global model ``x``.
+
+        Returns
+        -------
+        self
+        """
+        if not self.is_initialized():
+            self.initialize()
+        x = self._to_tensor(X)
+        target = self._targets(y, x.shape[0])
+        self._train(
+            x,
+            target,
+            epochs=self.epochs if epochs is None else int(epochs),
+            proximal_mu=float(proximal_mu),
+            reference=reference,
+            control=control,
+        )
+        return self
+
+    def _targets(self, y: ArrayLike, n: int) -> torch.Tensor:
+        arr = np.asarray(y)
+        if arr.shape != (n,):
+            raise ModelError(f"y must have shape ({n},) to match X; found {arr.shape}")
+        if n and not np.issubdtype(arr.dtype, np.integer):
+            raise ModelError(f"y must hold integer class indices; found dtype {arr.dtype}")
+        if n and (arr.min() < 0 or arr.max() >= self.n_classes):
+            raise ModelError(
+                f"y holds class indices {int(arr.min())}..{int(arr.max())}; expected "
+                f"0..{self.n_classes - 1}"
+            )
+        return torch.from_numpy(arr.astype(np.int64))
+
+    def class_weights(self, y: ArrayLike) -> NDArray[np.float32]:
+        """The loss weights ``class_weight`` gives to labels ``y`` (ones when ``None``)."""
+        counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=int(self.n_classes))
+        weights = np.ones(int(self.n_classes), dtype=np.float64)
+        present = counts > 0
+        if self.class_weight == "balanced" and present.any():
+            balanced = counts.sum() / (present.sum() * counts[present])
+            weights[present] = np.clip(balanced, *CLASS_WEIGHT_CLIP)
+        return weights.astype(np.float32)
+
+    def _prepare_loss(self, y: torch.Tensor | None) -> None:
+        if y is None or self.class_weight is None:
+            self._loss_weight = None
+        else:
+            self._loss_weight = torch.from_numpy(self.class_weights(y.numpy()))
+
+    def _batch_loss(
+        self, net: FeedForward, xb: torch.Tensor, yb: torch.Tensor | None
+    ) -> torch.Tensor:
+        if yb is None:
+            raise ModelError("MLPClassifier needs labels to train")
+        logits = net(xb, self.rng_)
+        return F.cross_entropy(logits, yb, weight=self._loss_weight)
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float32]:
+        """Class probabilities, shape (n, n_classes), float32."""
+        return torch.softmax(self._predict_raw(X), dim=1).numpy()
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
+        """Most probable class index per row."""
+        return self._predict_raw(X).argmax(dim=1).numpy().astype(np.int64)
+
+    def attack_score(self, X: ArrayLike) -> NDArray[np.float32]:
+        """``1 - P(benign)`` per row: the binary detection score."""
+        proba = self.predict_proba(X)
+        return (1.0 - proba[:, self.benign_index]).astype(np.float32)
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Fitted scalars saved in a bundle beside the weights."""
+        return {"n_seen_": int(getattr(self, "n_seen_", 0))}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`fitted_state`."""
+        self.n_seen_ = int(state.get("n_seen_", 0))

@@ -1,0 +1,178 @@
+"""local_train: FedAvg, FedProx and SCAFFOLD hooks, and a small federation end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from phalanx.core.aggregation import make_algorithm
+from phalanx.core.errors import ConfigError, ModelError
+from phalanx.core.types import ParticipantId, Update, Weights
+from phalanx.models import (
+    SCAFFOLD_STATE_KEY,
+    AutoencoderDetector,
+    MLPClassifier,
+    build_model,
+    local_train,
+)
+
+torch.set_num_threads(1)
+
+
+def blobs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    centers = np.random.default_rng(1).standard_normal((3, 10)) * 3
+    y = rng.integers(0, 3, n)
+    return (centers[y] + rng.standard_normal((n, 10))).astype(np.float32), y
+
+
+def model(**kw: object) -> MLPClassifier:
+    params: dict[str, object] = {
+        "n_features": 10,
+        "n_classes": 3,
+        "hidden": (16,),
+        "batch_size": 32,
+    }
+    params.update(kw)
+    return MLPClassifier(**params)  # type: ignore[arg-type]
+
+
+def distance(a: Weights, b: Weights) -> float:
+    return float(np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(a, b, strict=True))))
+
+
+def test_fedavg_task(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 200)
+    m = model()
+    g = model(seed=5).initialize().get_weights()
+    weights, n, metrics, extras = local_train(m.set_weights(g), X, y, {"local_epochs": 2}, {})
+    assert n == 200
+    assert extras == {}
+    assert set(metrics) == {"loss", "steps", "epochs"}
+    assert metrics["steps"] == 2 * 7
+    assert [w.shape for w in weights] == [w.shape for w in g]
+
+
+def test_proximal_term_pulls_toward_the_reference(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 400)
+    g = model(seed=5).initialize().get_weights()
+    free, _, _, _ = local_train(model(lr=1e-2).set_weights(g), X, y, {"local_epochs": 3}, {})
+    prox, _, _, _ = local_train(
+        model(lr=1e-2).set_weights(g), X, y, {"local_epochs": 3, "proximal_mu": 5.0}, {}
+    )
+    assert distance(prox, g) < 0.7 * distance(free, g)
+
+
+def test_scaffold_option_ii_control_variates(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 128)
+    m = model(lr=0.05, dropout=0.0)
+    g = model(seed=5).initialize().get_weights()
+    state: dict[str, Weights] = {}
+    weights, _, metrics, extras = local_train(
+        m.set_weights(g), X, y, {"scaffold": 1.0}, {}, state=state
+    )
+    delta = extras["control_delta"]
+    assert [d.shape for d in delta] == [w.shape for w in g]
+    k = metrics["steps"]
+    # with c = c_i = 0: c_i+ = (x - y_i) / (K lr) and the delta is c_i+ itself
+    for d, x, yi, ci in zip(delta, g, weights, state[SCAFFOLD_STATE_KEY], strict=True):
+        np.testing.assert_allclose(d, (x - yi) / (k * 0.05), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(d, ci)
+    # second round: the server control shifts the gradient; delta = c_i+ - c_i
+    c = [np.full_like(w, 0.01) for w in g]
+    old = [w.copy() for w in state[SCAFFOLD_STATE_KEY]]
+    _, _, _, extras2 = local_train(
+        m.set_weights(g), X, y, {"scaffold": 1.0}, {"control": c}, state=state
+    )
+    for d, new, before in zip(
+        extras2["control_delta"], state[SCAFFOLD_STATE_KEY], old, strict=True
+    ):
+        np.testing.assert_allclose(d, new - before, rtol=1e-5, atol=1e-7)
+
+
+def test_scaffold_needs_persistent_state(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 20)
+    g = model().initialize().get_weights()
+    with pytest.raises(ConfigError, match="persist"):
+        local_train(model().set_weights(g), X, y, {"scaffold": 1.0}, {})
+
+
+def test_task_errors(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 20)
+    g = model().initialize().get_weights()
+    with pytest.raises(ConfigError, match="proximal_mu"):
+        local_train(model().set_weights(g), X, y, {"proximal_mu": -1.0}, {})
+    with pytest.raises(ConfigError, match="local_epochs"):
+        local_train(model().set_weights(g), X, y, {"local_epochs": 1.5}, {})
+    with pytest.raises(ModelError, match="no weights yet"):
+        local_train(model(), X, y, {}, {})
+    with pytest.raises(ModelError, match="needs labels"):
+        local_train(model().set_weights(g), X, None, {}, {})
+    with pytest.raises(ModelError, match="expected shape"):
+        model(hidden=(8,)).set_weights(g)
+
+
+def test_autoencoder_trains_on_benign_rows_only(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 90)
+    ae = AutoencoderDetector(n_features=10, hidden=(8, 2))
+    g = AutoencoderDetector(n_features=10, hidden=(8, 2), seed=4).initialize().get_weights()
+    _, n, _, _ = local_train(ae.set_weights(g), X, y, {}, {})
+    assert n == int(np.sum(y == 0))
+    with pytest.raises(ModelError, match="no benign rows"):
+        local_train(ae.set_weights(g), X[y != 0], y[y != 0], {}, {})
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "scaffold", "fedadam"])
+def test_small_federation_learns(rng: np.random.Generator, name: str) -> None:
+    parts = [blobs(rng, 300) for _ in range(3)]
+    X_test, y_test = blobs(rng, 600)
+    params = {"server_lr": 0.05} if name == "fedadam" else {}
+    algo = make_algorithm(name, **params)
+    lr = 0.1 if name == "scaffold" else 1e-2
+    models = [model(seed=i, lr=lr) for i in range(3)]
+    states: list[dict[str, Weights]] = [{} for _ in range(3)]
+    g = model(seed=99).initialize().get_weights()
+    for rnd in range(4):
+        updates = []
+        for i, ((X, y), m) in enumerate(zip(parts, models, strict=True)):
+            w, n, metrics, extras = local_train(
+                m.set_weights(g), X, y, algo.task_config(), algo.task_extras(), state=states[i]
+            )
+            updates.append(Update(ParticipantId(f"p{i}"), rnd, w, n, "h", metrics, extras))
+        g = algo.aggregate(g, updates)
+    final = model().set_weights(g)
+    assert np.mean(final.predict(X_test) == y_test) > 0.95
+
+
+def test_build_model_from_a_spec() -> None:
+    spec = {
+        "kind": "mlp",
+        "hidden": [32, 16],
+        "dropout": 0.2,
+        "lr": 0.01,
+        "batch_size": 64,
+        "class_weight": "none",
+    }
+    m = build_model(spec, 10, {"seed": 7, "local_epochs": 3, "transform": {}})
+    assert isinstance(m, MLPClassifier)
+    assert (m.hidden, m.seed, m.epochs, m.class_weight) == ((32, 16), 7, 3, None)
+    assert m.layer_shapes()[0] == (32, 10)
+    same = build_model(spec, 10, {"seed": 7})
+    np.testing.assert_array_equal(m.get_weights()[0], same.get_weights()[0])
+    ae = build_model({**spec, "kind": "autoencoder", "hidden": [8, 2]}, 10)
+    assert isinstance(ae, AutoencoderDetector)
+    assert ae.layer_shapes()[0] == (8, 10)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"kind": "forest"}, "unknown model kind 'forest'"),
+        ({"kind": "mlp", "depth": 3}, "unknown mlp model parameter"),
+        ({"kind": "mlp", "dropout": 1.5}, "invalid mlp model spec"),
+        ({"kind": "mlp", "class_weight": "auto"}, "invalid mlp model spec"),
+    ],
+)
+def test_build_model_errors(spec: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_model(spec, 10)

@@ -1,0 +1,165 @@
+"""MLPClassifier: shapes, determinism, learning, weights API, class weighting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from phalanx.core.errors import ModelError
+from phalanx.core.taxonomy import CATEGORIES
+from phalanx.models import MLPClassifier
+
+torch.set_num_threads(1)
+
+
+def blobs(
+    rng: np.random.Generator, n: int = 1500, d: int = 10, k: int = 3, spread: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
+    centers = rng.standard_normal((k, d)) * spread
+    y = rng.integers(0, k, n)
+    X = (centers[y] + rng.standard_normal((n, d))).astype(np.float32)
+    return X, y
+
+
+def small(**kw: object) -> MLPClassifier:
+    params: dict[str, object] = {"n_features": 10, "hidden": (32, 16), "batch_size": 64}
+    params.update(kw)
+    return MLPClassifier(**params)  # type: ignore[arg-type]
+
+
+def test_constructor_only_stores_parameters() -> None:
+    m = MLPClassifier(122)
+    assert m.n_classes == len(CATEGORIES)
+    assert not m.is_initialized()
+    assert m.get_params()["hidden"] == [256, 128]
+    with pytest.raises(ModelError, match="no weights yet"):
+        m.predict_proba(np.zeros((1, 122), np.float32))
+
+
+def test_shapes_and_weight_order(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=200)
+    m = small(n_classes=5).fit(X, y)
+    proba = m.predict_proba(X)
+    assert proba.shape == (200, 5)
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert m.predict(X).shape == (200,)
+    np.testing.assert_allclose(m.attack_score(X), 1.0 - proba[:, 0], rtol=1e-6)
+    assert m.layer_names() == [
+        "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
+        "layers.2.weight", "layers.2.bias",
+    ]  # fmt: skip
+    assert [w.shape for w in m.get_weights()] == [(32, 10), (32,), (16, 32), (16,), (5, 16), (5,)]
+    assert all(w.dtype == np.float32 for w in m.get_weights())
+    assert m.n_seen_ == 200
+
+
+def test_same_seed_same_data_gives_identical_weights(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=500)
+    a = small(seed=7, epochs=2).fit(X, y).get_weights()
+    b = small(seed=7, epochs=2).fit(X, y).get_weights()
+    c = small(seed=8, epochs=2).fit(X, y).get_weights()
+    for x1, x2 in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+    assert any(not np.array_equal(x1, x3) for x1, x3 in zip(a, c, strict=True))
+
+
+def test_fit_does_not_touch_torch_global_rng(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=100)
+    before = torch.random.get_rng_state()
+    small().fit(X, y)
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_learns_a_separable_problem(rng: np.random.Generator, optimizer: str) -> None:
+    X, y = blobs(rng, n=2000)
+    Xt, yt = X[:1500], y[:1500]
+    lr = 1e-2 if optimizer == "adam" else 0.1
+    m = small(n_classes=3, epochs=5, lr=lr, optimizer=optimizer).fit(Xt, yt)
+    assert np.mean(m.predict(X[1500:]) == y[1500:]) > 0.95
+    assert m.last_stats_.steps == 5 * int(np.ceil(1500 / 64))
+
+
+def test_partial_fit_continues_from_current_weights(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=300)
+    m = small(n_classes=3).fit(X, y)
+    w1 = m.get_weights()
+    m.partial_fit(X, y, epochs=0)
+    for a, b in zip(w1, m.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    m.partial_fit(X, y)
+    assert m.n_seen_ == 600
+    assert any(not np.array_equal(a, b) for a, b in zip(w1, m.get_weights(), strict=True))
+
+
+def test_get_set_weights_roundtrip(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=200)
+    a = small(n_classes=3, seed=1).fit(X, y)
+    b = small(n_classes=3, seed=2).set_weights(a.get_weights())
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    w = a.get_weights()
+    w[0][0, 0] += 1.0  # get_weights returns a copy
+    assert a.get_weights()[0][0, 0] != w[0][0, 0]
+
+
+def test_set_weights_validates(rng: np.random.Generator) -> None:
+    m = small(n_classes=3).initialize()
+    w = m.get_weights()
+    with pytest.raises(ModelError, match="has 6 weight arrays; found 5"):
+        m.set_weights(w[:-1])
+    bad = [*w[:2], np.zeros((16, 33), np.float32), *w[3:]]
+    with pytest.raises(ModelError, match=r"layer 2 \(layers.1.weight\): expected shape \(16, 32\)"):
+        m.set_weights(bad)
+    with pytest.raises(ModelError, match=r"layer 0 \(layers.0.weight\): expected dtype float32"):
+        m.set_weights([w[0].astype(np.float64), *w[1:]])
+    nan = [w[0].copy(), *w[1:]]
+    nan[0][0, 0] = np.nan
+    with pytest.raises(ModelError, match="NaN"):
+        m.set_weights(nan)
+    np.testing.assert_array_equal(m.get_weights()[0], w[0])  # unchanged after refusals
+
+
+def test_input_validation(rng: np.random.Generator) -> None:
+    m = small(n_classes=3)
+    X, y = blobs(rng, n=20)
+    with pytest.raises(ModelError, match=r"shape \(n, 10\)"):
+        m.fit(X[:, :5], y)
+    with pytest.raises(ModelError, match=r"expected 0..2"):
+        m.fit(X, y + 5)
+    X[3, 2] = np.inf
+    with pytest.raises(ModelError, match="row 3"):
+        m.fit(X, y)
+    with pytest.raises(ModelError, match="class_weight"):
+        small(class_weight="auto").initialize()
+
+
+def test_read_only_and_float64_inputs_are_accepted(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=50)
+    X64 = X.astype(np.float64)
+    X.setflags(write=False)
+    a = small(n_classes=3).fit(X, y).get_weights()
+    b = small(n_classes=3).fit(X64, y).get_weights()
+    for x1, x2 in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+
+
+def test_balanced_class_weights_are_clipped() -> None:
+    m = small(n_classes=4)
+    y = np.array([0] * 900 + [1] * 99 + [2] * 1)
+    w = m.class_weights(y)
+    # n / (k * n_c) with k = 3 present classes: 0.37, 3.37, 333 -> clipped to 10
+    np.testing.assert_allclose(w, [1000 / 2700, 1000 / 297, 10.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(small(class_weight=None).class_weights(y), np.ones(11))
+
+
+def test_class_weighting_raises_minority_recall(rng: np.random.Generator) -> None:
+    n = 3000
+    y = (rng.random(n) < 0.05).astype(np.int64)
+    X = (rng.standard_normal((n, 10)) + y[:, None] * 0.8).astype(np.float32)
+    kw = {"n_classes": 2, "epochs": 3, "lr": 3e-3, "dropout": 0.0}
+    plain = small(class_weight=None, **kw).fit(X, y)
+    balanced = small(class_weight="balanced", **kw).fit(X, y)
+    minority = y == 1
+    assert np.mean(balanced.predict(X[minority]) == 1) > np.mean(plain.predict(X[minority]) == 1)
