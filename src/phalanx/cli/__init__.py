@@ -1,1 +1,1 @@
-"""cli package."""
+"""Command-line composition root: picks adapters, maps errors to exit codes."""

@@ -13,7 +13,7 @@ the adapter edge; the CLI maps the tree to exit codes and nothing below ``cli/``
     │   └── SchemaError          columns missing or of the wrong kind
     ├── SchemaMismatchError      an update or model built for another feature schema (hash differs)
     ├── ModelError               a model bundle that is malformed, incompatible or not fitted
-    ├── ProtocolError            a message that breaks the federation protocol (stale, replayed, garbled)
+    ├── ProtocolError            a message that breaks the protocol (stale, replayed, garbled)
     ├── RoundError               a round that cannot complete (too few participants, deadline)
     ├── AggregationError         updates that cannot be combined (shapes, empty set)
     ├── PrivacyError             privacy configuration or accounting problem

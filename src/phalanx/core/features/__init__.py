@@ -1,1 +1,1 @@
-"""Feature schemas, the columnar flow batch, mergeable statistics and the transforms fit from them."""
+"""Feature schemas, the flow batch, mergeable statistics and the transforms fit from them."""

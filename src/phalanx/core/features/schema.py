@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from phalanx.core.errors import ConfigError
 
 
-class ColumnKind(str, Enum):
+class ColumnKind(StrEnum):
     """What a column is for."""
 
     NUMERIC = "numeric"
@@ -153,8 +153,15 @@ class FeatureSchema:
             elif kind is ColumnKind.CATEGORICAL:
                 cols.append(replace(c, kind=kind, buckets=c.buckets or 64, reason=""))
             else:
-                cols.append(replace(c, kind=kind, reason="" if kind is not ColumnKind.IDENTIFIER
-                                    else (c.reason or "excluded by override")))
+                cols.append(
+                    replace(
+                        c,
+                        kind=kind,
+                        reason=""
+                        if kind is not ColumnKind.IDENTIFIER
+                        else (c.reason or "excluded by override"),
+                    )
+                )
         return replace(self, columns=tuple(cols))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+"""Helpers shared by the CLI commands: error reporting, logging, torch threads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+
+from phalanx.core.errors import PhalanxError
+
+T = TypeVar("T")
+err_console = Console(stderr=True)
+
+
+def setup_runtime(verbose: bool = False) -> None:
+    """Logging to stderr and one torch thread per process (two collapse on a busy core)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a :class:`PhalanxError` into a red message and exit code 2."""
+    try:
+        yield
+    except PhalanxError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Call ``fn`` with :func:`user_errors` around it."""
+    with user_errors():
+        return fn()

@@ -1,0 +1,43 @@
+"""The ``phalanx`` command.
+
+Exit codes: 0 success, 1 the command ran but found a problem (e.g. a failed check),
+2 bad input or configuration (a :class:`~phalanx.core.errors.PhalanxError`), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from phalanx import __version__
+from phalanx.cli import data, simulate
+
+app = typer.Typer(
+    name="phalanx",
+    help="Federated learning for cyber threat detection: train one detector across organizations"
+    " without pooling their traffic.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data", help="Read and inspect security datasets.")
+app.command("simulate")(simulate.simulate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"phalanx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Phalanx command line."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

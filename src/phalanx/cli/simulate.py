@@ -1,0 +1,186 @@
+"""``phalanx simulate``: a federation on one machine, with baselines and a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from phalanx.cli.common import setup_runtime, user_errors
+from phalanx.core.errors import ConfigError
+from phalanx.sim.config import ALGORITHMS, ModelSpec, SimConfig
+
+console = Console()
+
+
+def simulate(
+    data: str = typer.Option(
+        "synthetic", "--data", help="Training file (any reader format) or 'synthetic'."
+    ),
+    test: str | None = typer.Option(
+        None, "--test", help="Test file; default: a seeded stratified split."
+    ),
+    fmt: str = typer.Option(
+        "auto", "--format", help="auto|nsl-kdd|unsw-nb15|cic-ids2017|netflow-v2"
+    ),
+    participants: int = typer.Option(10, "--participants", "-n", help="Number of organizations."),
+    partition: str | None = typer.Option(
+        None,
+        "--partition",
+        help="iid | dirichlet:ALPHA | families:K | quantity:ALPHA"
+        " (default: natural for synthetic, one organization each; iid for files).",
+    ),
+    rounds: int = typer.Option(10, "--rounds", "-r"),
+    local_epochs: int = typer.Option(1, "--local-epochs"),
+    algorithm: str = typer.Option("fedavg", "--algorithm", help="|".join(ALGORITHMS)),
+    proximal_mu: float = typer.Option(0.01, "--proximal-mu", help="FedProx proximal term."),
+    server_lr: float | None = typer.Option(
+        None, "--server-lr", help="FedAvgM/FedAdam/FedYogi/SCAFFOLD server learning rate."
+    ),
+    server_momentum: float = typer.Option(0.9, "--server-momentum", help="FedAvgM momentum."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of participants per round."),
+    seed: int = typer.Option(0, "--seed"),
+    baselines: bool = typer.Option(
+        False, "--baselines", help="Also train centralized and local-only models."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory to write."),
+    hidden: str = typer.Option("256,128", "--hidden", help="MLP hidden layer widths."),
+    lr: float = typer.Option(1e-3, "--lr", help="Local learning rate."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    synthetic_flows: int = typer.Option(
+        20_000, "--synthetic-flows", help="Flows per synthetic organization."
+    ),
+    workers: int = typer.Option(2, "--workers", help="Worker processes training participants."),
+    target_fpr: float = typer.Option(
+        0.01, "--target-fpr", help="False-positive rate for the stored alert threshold."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Simulate a federation on this machine and report it against baselines."""
+    setup_runtime(verbose)
+    with user_errors():
+        try:
+            cfg = SimConfig(
+                data=data,
+                test=test,
+                format=fmt,
+                participants=participants,
+                partition=partition or ("natural" if data == "synthetic" else "iid"),
+                rounds=rounds,
+                local_epochs=local_epochs,
+                algorithm=algorithm,
+                proximal_mu=proximal_mu,
+                server_lr=server_lr,
+                server_momentum=server_momentum,
+                fraction=fraction,
+                seed=seed,
+                baselines=baselines,
+                out=out,
+                synthetic_flows=synthetic_flows,
+                workers=workers,
+                target_fpr=target_fpr,
+                model=ModelSpec(hidden=_hidden(hidden), lr=lr, batch_size=batch_size),
+            )
+        except ValidationError as exc:
+            raise ConfigError(_pydantic_message(exc)) from None
+        from phalanx.sim.runner import run_simulation, write_run
+
+        with Progress(
+            TextColumn("[bold]federation"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("rounds", total=cfg.rounds, status="preparing data")
+
+            def progress(line: dict[str, Any]) -> None:
+                if "round" in line:
+                    t = line["test"]
+                    bar.update(
+                        task,
+                        completed=line["round"],
+                        status=(
+                            f"macro-F1 {t['macro_f1']:.3f}  acc {t['accuracy']:.3f}"
+                            f"  {line['seconds']:.2f} s/round"
+                        ),
+                    )
+                else:
+                    bar.update(task, status="training baselines")
+
+            result = run_simulation(cfg, progress=progress)
+        _print_summary(result.summary)
+        if out is not None:
+            write_run(result, out)
+            console.print(f"run directory: [bold]{out}[/] (report.md, summary.json, model/)")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--hidden expects comma-separated integers like 256,128, found {text!r}"
+        ) from None
+    if not widths or min(widths) < 1:
+        raise ConfigError(f"--hidden expects positive widths, found {text!r}")
+    return widths
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        parts.append(f"--{loc.replace('_', '-')}: {e['msg']}")
+    return "invalid simulation options: " + "; ".join(parts)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="test-set results", show_lines=False)
+    for col in ("system", "accuracy", "macro-F1", "binary acc.", "detection", "FPR", "ROC-AUC"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    rows = [("federated", summary["federated"])]
+    if "centralized" in summary:
+        rows += [
+            ("centralized", summary["centralized"]),
+            ("local-only mean", summary["local_only"]["mean"]),
+            ("local-only min", summary["local_only"]["min"]),
+        ]
+    for name, r in rows:
+        b = r["binary"]
+        table.add_row(
+            name,
+            *(
+                _f(v)
+                for v in (
+                    r["accuracy"],
+                    r["macro_f1"],
+                    b["accuracy"],
+                    b["detection_rate"],
+                    b["fpr"],
+                    b["roc_auc"],
+                )
+            ),
+        )
+    console.print(table)
+    console.print(
+        f"{summary['rounds']} rounds, {summary['participants']} participants,"
+        f" {summary['bytes_down'] / 1e6:.1f} MB down, {summary['bytes_up'] / 1e6:.1f} MB up,"
+        f" {summary['wall_s']:.1f} s"
+    )
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """The summary as JSON (used by tests)."""
+    return json.dumps(summary)

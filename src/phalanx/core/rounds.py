@@ -1,0 +1,370 @@
+"""The coordinator's round state machine, written once for simulation and deployment.
+
+A federation moves through phases: an optional ``STATS`` stage in which every participant
+contributes additive feature statistics (so the feature transform is fit on the union of the
+participants' data without pooling it), then ``rounds`` training rounds, each a ``FIT`` stage
+followed by an optional ``EVALUATE`` stage. Secure aggregation adds stages inside a round.
+
+This module only decides: which participants get which :class:`~phalanx.core.messages.Task`, and
+what the replies mean. It has no loops, clocks, sockets or timeouts; the coordinator service
+(``phalanx.services.coordinator``) drives it over a transport and enforces deadlines.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from phalanx.core.aggregation import ServerAlgorithm
+from phalanx.core.errors import ConfigError, ProtocolError, RoundError, SchemaMismatchError
+from phalanx.core.features.schema import FeatureSchema
+from phalanx.core.features.stats import FeatureStats
+from phalanx.core.features.transform import FeatureTransform
+from phalanx.core.messages import Reply, Stage, Task
+from phalanx.core.types import ParticipantId, Update, Weights
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    """What a federation runs.
+
+    Attributes
+    ----------
+    rounds:
+        Training rounds.
+    fraction:
+        Share of available participants sampled each round (at least ``min_participants``).
+    min_participants:
+        Fewest replies a round accepts; fewer is a :class:`RoundError`.
+    max_participants:
+        Most participants sampled in one round (``None``: no cap).
+    seed:
+        Root seed: participant sampling and every participant's per-round training seed derive
+        from it, so a run is reproducible on any transport.
+    federated_stats:
+        Run the ``STATS`` stage to fit the feature transform from everyone's statistics.
+    evaluate:
+        Run an ``EVALUATE`` stage after each round (participants score the new global model on
+        their local validation data).
+    train_config:
+        JSON-ready parameters sent with every ``FIT`` task (model spec, local epochs, lr ...).
+    """
+
+    rounds: int
+    fraction: float = 1.0
+    min_participants: int = 1
+    max_participants: int | None = None
+    seed: int = 0
+    federated_stats: bool = True
+    evaluate: bool = False
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, found {self.rounds}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], found {self.fraction}")
+        if self.min_participants < 1:
+            raise ConfigError(f"min_participants must be at least 1, found {self.min_participants}")
+        if self.max_participants is not None and self.max_participants < self.min_participants:
+            raise ConfigError(
+                f"max_participants ({self.max_participants}) is below min_participants"
+                f" ({self.min_participants})"
+            )
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """One stage to run: the tasks to send and how many replies make it count."""
+
+    round: int
+    stage: Stage
+    tasks: dict[ParticipantId, Task]
+    min_replies: int
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one completed training round produced."""
+
+    round: int
+    participants: tuple[ParticipantId, ...]
+    num_examples: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    refused: dict[ParticipantId, str] = field(default_factory=dict)
+
+
+def participant_seed(root: int, round_id: int, participant: ParticipantId) -> int:
+    """The training seed of ``participant`` in ``round_id``: stable across transports."""
+    ss = np.random.SeedSequence([root, round_id, zlib.crc32(str(participant).encode())])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+class Federation:
+    """The coordinator's decisions for one federation.
+
+    Parameters
+    ----------
+    plan:
+        Rounds, sampling and training parameters.
+    schema:
+        The agreed feature schema; its hash is in every task and must be echoed.
+    algorithm:
+        Server-side aggregation (FedAvg, FedProx, SCAFFOLD, FedAvgM, FedAdam, FedYogi ...).
+    init_weights:
+        Builds the initial global weights once the input width is known.
+    transform:
+        A feature transform fixed in advance; required when ``plan.federated_stats`` is off.
+    """
+
+    def __init__(
+        self,
+        plan: FederationPlan,
+        schema: FeatureSchema,
+        algorithm: ServerAlgorithm,
+        init_weights: Callable[[int], Weights],
+        transform: FeatureTransform | None = None,
+    ) -> None:
+        if transform is None and not plan.federated_stats:
+            raise ConfigError("a federation without the statistics stage needs a fixed transform")
+        self.plan = plan
+        self.schema = schema
+        self.schema_hash = schema.hash()
+        self.algorithm = algorithm
+        self._init_weights = init_weights
+        self.transform: FeatureTransform | None = transform
+        self.weights: Weights = []
+        self.round = 0
+        self.history: list[RoundRecord] = []
+        self._rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 0x5A3]))
+        self._pending: StageRequest | None = None
+        self._fit_record: RoundRecord | None = None
+        if transform is not None:
+            self.weights = init_weights(transform.n_features)
+
+    @property
+    def done(self) -> bool:
+        """True once every planned round has completed."""
+        return self.round >= self.plan.rounds and self._fit_record is None
+
+    def next_stage(self, available: Sequence[ParticipantId]) -> StageRequest | None:
+        """The next stage to run given who is available now, or ``None`` when finished."""
+        if self._pending is not None:
+            return self._pending
+        avail = sorted(set(available))
+        if self.transform is None:
+            tasks = {
+                p: Task(round=0, stage=Stage.STATS, schema_hash=self.schema_hash) for p in avail
+            }
+            req = StageRequest(0, Stage.STATS, tasks, min_replies=min(len(avail), 1) or 1)
+        elif self._fit_record is not None:
+            chosen = self._fit_record.participants
+            tasks = {
+                p: Task(
+                    round=self.round,
+                    stage=Stage.EVALUATE,
+                    schema_hash=self.schema_hash,
+                    weights=self.weights,
+                    config=self._task_config(p, self.round),
+                )
+                for p in chosen
+                if p in set(avail)
+            }
+            req = StageRequest(self.round, Stage.EVALUATE, tasks, min_replies=1)
+        elif self.round < self.plan.rounds:
+            r = self.round + 1
+            sampled = self._sample(avail)
+            extras = self.algorithm.task_extras()
+            algo_config = self.algorithm.task_config()
+            tasks = {
+                p: Task(
+                    round=r,
+                    stage=Stage.FIT,
+                    schema_hash=self.schema_hash,
+                    weights=self.weights,
+                    config={**self._task_config(p, r), **algo_config},
+                    extras=extras,
+                )
+                for p in sampled
+            }
+            req = StageRequest(r, Stage.FIT, tasks, min_replies=self.plan.min_participants)
+        else:
+            return None
+        if not req.tasks:
+            raise RoundError(
+                f"no participant is available for the {req.stage.value} stage of round {req.round}",
+                hint="start participants, or lower min_participants",
+            )
+        self._pending = req
+        return req
+
+    def complete_stage(self, replies: Mapping[ParticipantId, Reply]) -> RoundRecord | None:
+        """Feed the replies of the pending stage; returns the record when a round completes.
+
+        Raises :class:`RoundError` when fewer than the stage's minimum answered; the stage stays
+        pending so the caller can retry it with whoever is available.
+        """
+        req = self._pending
+        if req is None:
+            raise ProtocolError("replies arrived but no stage is pending")
+        valid: dict[ParticipantId, Reply] = {}
+        refused: dict[ParticipantId, str] = {}
+        for pid, reply in sorted(replies.items()):
+            try:
+                self._check(pid, reply, req)
+            except (ProtocolError, SchemaMismatchError) as exc:
+                # One bad reply costs that participant the round, never the federation.
+                refused[pid] = f"rejected: {exc}"
+                continue
+            if reply.refused:
+                refused[pid] = reply.refused
+            else:
+                valid[pid] = reply
+        if len(valid) < req.min_replies:
+            self._pending = None
+            raise RoundError(
+                f"round {req.round} {req.stage.value}: {len(valid)} usable replies of"
+                f" {len(req.tasks)} asked, at least {req.min_replies} needed"
+                + (f"; refused: {refused}" if refused else ""),
+                hint="the round will be retried with the participants available then",
+            )
+        self._pending = None
+        if req.stage is Stage.STATS:
+            self._finish_stats(valid)
+            return None
+        if req.stage is Stage.FIT:
+            return self._finish_fit(req, valid, refused)
+        return self._finish_eval(valid)
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _finish_stats(self, valid: Mapping[ParticipantId, Reply]) -> None:
+        total: np.ndarray | None = None
+        for reply in valid.values():
+            if len(reply.arrays) != 1:
+                raise ProtocolError(
+                    f"statistics reply from {reply.participant!r} holds {len(reply.arrays)}"
+                    " arrays, expected 1"
+                )
+            vec = np.asarray(reply.arrays[0], dtype=np.float64)
+            total = vec.copy() if total is None else total + vec
+        assert total is not None  # valid is non-empty (min_replies >= 1)
+        stats = FeatureStats.from_vector(self.schema, total)
+        self.transform = FeatureTransform.fit(stats)
+        self.weights = self._init_weights(self.transform.n_features)
+
+    def _finish_fit(
+        self,
+        req: StageRequest,
+        valid: Mapping[ParticipantId, Reply],
+        refused: dict[ParticipantId, str],
+    ) -> RoundRecord | None:
+        updates = []
+        for pid, reply in valid.items():
+            updates.append(
+                Update(
+                    participant=pid,
+                    round=reply.round,
+                    weights=[np.asarray(a, dtype=np.float32) for a in reply.arrays],
+                    num_examples=reply.num_examples,
+                    schema_hash=reply.schema_hash,
+                    metrics=reply.metrics,
+                    extras=reply.extras,
+                )
+            )
+        self.weights = self.algorithm.aggregate(self.weights, updates)
+        self.round = req.round
+        n = sum(u.num_examples for u in updates)
+        train_metrics = _weighted_metrics([(u.num_examples, u.metrics) for u in updates])
+        record = RoundRecord(
+            round=req.round,
+            participants=tuple(sorted(valid)),
+            num_examples=n,
+            train_metrics=train_metrics,
+            refused=refused,
+        )
+        if self.plan.evaluate:
+            self._fit_record = record
+            return None
+        self.history.append(record)
+        return record
+
+    def _finish_eval(self, valid: Mapping[ParticipantId, Reply]) -> RoundRecord:
+        record = self._fit_record
+        assert record is not None  # an EVALUATE stage only follows a FIT stage
+        metrics = _weighted_metrics([(r.num_examples, r.metrics) for r in valid.values()])
+        done = RoundRecord(
+            round=record.round,
+            participants=record.participants,
+            num_examples=record.num_examples,
+            train_metrics=record.train_metrics,
+            eval_metrics=metrics,
+            refused=record.refused,
+        )
+        self._fit_record = None
+        self.history.append(done)
+        return done
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _sample(self, avail: list[ParticipantId]) -> list[ParticipantId]:
+        k = max(self.plan.min_participants, math.ceil(self.plan.fraction * len(avail)))
+        if self.plan.max_participants is not None:
+            k = min(k, self.plan.max_participants)
+        k = min(k, len(avail))
+        if k == len(avail):
+            return avail
+        idx = self._rng.choice(len(avail), size=k, replace=False)
+        return sorted(avail[i] for i in idx)
+
+    def _task_config(self, pid: ParticipantId, round_id: int) -> dict[str, Any]:
+        assert self.transform is not None  # only called after the statistics stage
+        return {
+            **self.plan.train_config,
+            "seed": participant_seed(self.plan.seed, round_id, pid),
+            "transform": self.transform.to_dict(),
+        }
+
+    def _check(self, pid: ParticipantId, reply: Reply, req: StageRequest) -> None:
+        if pid not in req.tasks:
+            raise ProtocolError(f"reply from {pid!r}, who was not asked in round {req.round}")
+        if reply.participant != pid:
+            raise ProtocolError(
+                f"reply delivered for {pid!r} claims to be from {reply.participant!r}"
+            )
+        if reply.round != req.round or reply.stage is not req.stage:
+            raise ProtocolError(
+                f"stale or replayed reply from {pid!r}: it answers round {reply.round}"
+                f" {reply.stage.value}, the pending stage is round {req.round} {req.stage.value}"
+            )
+        if reply.schema_hash != self.schema_hash:
+            raise SchemaMismatchError(
+                f"{pid!r} trained on feature schema {reply.schema_hash[:12]}, the federation"
+                f" agreed on {self.schema_hash[:12]}",
+                hint="the participant must read its data with the federation's schema",
+            )
+        if req.stage is Stage.FIT and not reply.refused:
+            shapes = [w.shape for w in self.weights]
+            got = [a.shape for a in reply.arrays]
+            if got != shapes:
+                raise ProtocolError(
+                    f"update from {pid!r} in round {req.round} has layer shapes {got},"
+                    f" expected {shapes}"
+                )
+            if not all(np.isfinite(a).all() for a in reply.arrays):
+                raise ProtocolError(f"update from {pid!r} in round {req.round} holds NaN or inf")
+
+
+def _weighted_metrics(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Example-weighted means of the metrics every item reports."""
+    total = sum(n for n, _ in items)
+    if total <= 0:
+        return {}
+    keys = set.intersection(*(set(m) for _, m in items)) if items else set()
+    return {k: float(sum(n * m[k] for n, m in items) / total) for k in sorted(keys)}

@@ -1,0 +1,102 @@
+"""The coordinator service: drives the round state machine over a transport.
+
+This is where the loops, deadlines and retries live; the decisions are in
+:class:`phalanx.core.rounds.Federation`. The same class runs a simulation (in-process or process
+pool transport) and a deployment (gRPC transport).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from phalanx.core.errors import RoundError
+from phalanx.core.messages import Stage
+from phalanx.core.rounds import Federation, RoundRecord
+from phalanx.ports import Transport
+
+log = logging.getLogger("phalanx.coordinator")
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """Wall time and bytes of one stage, for metrics and benchmarks."""
+
+    round: int
+    stage: Stage
+    seconds: float
+    bytes_down: int
+    bytes_up: int
+    replies: int
+
+
+class Coordinator:
+    """Runs a :class:`Federation` to completion.
+
+    Parameters
+    ----------
+    federation:
+        The state machine.
+    transport:
+        How tasks reach participants.
+    deadline_s:
+        How long a stage waits for replies (``None``: the transport's own behaviour).
+    max_retries:
+        How often a stage that fell short of its minimum is retried before giving up.
+    on_round:
+        Called after every completed round (central evaluation, checkpoints, progress).
+    """
+
+    def __init__(
+        self,
+        federation: Federation,
+        transport: Transport,
+        *,
+        deadline_s: float | None = None,
+        max_retries: int = 3,
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
+        self.federation = federation
+        self.transport = transport
+        self.deadline_s = deadline_s
+        self.max_retries = max_retries
+        self.on_round = on_round
+        self.timings: list[StageTiming] = []
+
+    def run(self) -> list[RoundRecord]:
+        """Run every remaining stage; returns the round history."""
+        fed = self.federation
+        failures = 0
+        while True:
+            req = fed.next_stage(self.transport.available())
+            if req is None:
+                return fed.history
+            down0, up0 = self.transport.bytes_down, self.transport.bytes_up
+            t0 = time.perf_counter()
+            replies = self.transport.exchange(req.tasks, deadline_s=self.deadline_s)
+            try:
+                record = fed.complete_stage(replies)
+            except RoundError as exc:
+                failures += 1
+                log.warning("%s (attempt %d of %d)", exc, failures, self.max_retries + 1)
+                if failures > self.max_retries:
+                    raise
+                continue
+            failures = 0
+            self.timings.append(
+                StageTiming(
+                    round=req.round,
+                    stage=req.stage,
+                    seconds=time.perf_counter() - t0,
+                    bytes_down=self.transport.bytes_down - down0,
+                    bytes_up=self.transport.bytes_up - up0,
+                    replies=len(replies),
+                )
+            )
+            if record is not None:
+                for pid, why in record.refused.items():
+                    log.warning("round %d: %s left out: %s", record.round, pid, why)
+                if self.on_round is not None:
+                    self.on_round(record)

@@ -1,0 +1,175 @@
+"""The participant: answers the coordinator's tasks using only its own data.
+
+Raw flows never leave this object: a ``STATS`` reply carries additive feature statistics, a
+``FIT`` reply carries model weights, an ``EVALUATE`` reply carries scalar metrics. Cross-cutting
+concerns (logging what was sent, clipping, masking, privacy accounting) wrap :meth:`handle` as
+middleware ``(task, call_next) -> Reply``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from phalanx.core.features.batch import FlowBatch
+from phalanx.core.features.stats import compute_stats
+from phalanx.core.features.transform import FeatureTransform
+from phalanx.core.messages import Reply, Stage, Task
+from phalanx.core.metrics import evaluate
+from phalanx.core.taxonomy import CATEGORIES, CATEGORY_INDEX
+from phalanx.core.types import ParticipantId
+from phalanx.models.federated import build_model, local_train
+from phalanx.models.mlp import MLPClassifier
+
+Handler = Callable[[Task], Reply]
+Middleware = Callable[[Task, Handler], Reply]
+
+log = logging.getLogger("phalanx.participant")
+
+
+def category_indices(batch: FlowBatch) -> NDArray[np.int64]:
+    """Class indices of a batch's taxonomy categories."""
+    lookup = np.vectorize(CATEGORY_INDEX.__getitem__, otypes=[np.int64])
+    return lookup(batch.category) if len(batch) else np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class _Prepared:
+    transform_key: str
+    x_train: NDArray[np.float32]
+    y_train: NDArray[np.int64]
+    x_val: NDArray[np.float32] | None
+    y_val: NDArray[np.int64] | None
+
+
+class Participant:
+    """One organization's side of the federation.
+
+    Parameters
+    ----------
+    participant_id:
+        Its identity (in a deployment: the name in its certificate).
+    train:
+        Its local training flows.
+    validation:
+        Optional local validation flows for the ``EVALUATE`` stage.
+    middleware:
+        Wrappers around the task handler, outermost first.
+    """
+
+    def __init__(
+        self,
+        participant_id: ParticipantId,
+        train: FlowBatch,
+        *,
+        validation: FlowBatch | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        self.participant_id = participant_id
+        self.train = train
+        self.validation = validation
+        self.schema_hash = train.schema.hash()
+        self._prepared: _Prepared | None = None
+        self._algo_state: dict[str, list[NDArray[np.float32]]] = {}
+        handler: Handler = self._dispatch
+        for mw in reversed(middleware):
+            handler = _bind(mw, handler)
+        self.handle: Handler = handler
+
+    def _dispatch(self, task: Task) -> Reply:
+        if task.schema_hash != self.schema_hash:
+            return self._reply(
+                task,
+                refused=f"schema mismatch: my data is in schema {self.schema_hash[:12]},"
+                f" the task asks for {task.schema_hash[:12]}",
+            )
+        if task.stage is Stage.STATS:
+            stats = compute_stats(self.train)
+            return self._reply(task, arrays=[stats.to_vector()], num_examples=len(self.train))
+        if task.stage is Stage.FIT:
+            return self._fit(task)
+        if task.stage is Stage.EVALUATE:
+            return self._evaluate(task)
+        return self._reply(task, refused=f"unsupported stage {task.stage.value!r}")
+
+    def _fit(self, task: Task) -> Reply:
+        prep = self._prepare(task.config)
+        model = build_model(task.config.get("model", {}), prep.x_train.shape[1], task.config)
+        model.set_weights(task.weights)
+        weights, n, metrics, extras = local_train(
+            model, prep.x_train, prep.y_train, task.config, task.extras, state=self._algo_state
+        )
+        return self._reply(task, arrays=weights, num_examples=n, metrics=metrics, extras=extras)
+
+    def _evaluate(self, task: Task) -> Reply:
+        prep = self._prepare(task.config)
+        if prep.x_val is None or prep.y_val is None or len(prep.y_val) == 0:
+            return self._reply(task, refused="no local validation data")
+        model = build_model(task.config.get("model", {}), prep.x_val.shape[1], task.config)
+        if not isinstance(model, MLPClassifier):
+            return self._reply(task, refused="federated evaluation needs a classifier model")
+        model.set_weights(task.weights)
+        result = evaluate(prep.y_val, model.predict_proba(prep.x_val), CATEGORIES)
+        metrics = {
+            "accuracy": float(result["accuracy"]),
+            "macro_f1": float(result["macro_f1"]),
+        }
+        return self._reply(task, num_examples=len(prep.y_val), metrics=metrics)
+
+    def _prepare(self, config: dict[str, Any]) -> _Prepared:
+        spec = config["transform"]
+        key = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()
+        if self._prepared is None or self._prepared.transform_key != key:
+            transform = FeatureTransform.from_dict(spec)
+            val = self.validation
+            self._prepared = _Prepared(
+                transform_key=key,
+                x_train=transform.transform(self.train),
+                y_train=category_indices(self.train),
+                x_val=transform.transform(val) if val is not None else None,
+                y_val=category_indices(val) if val is not None else None,
+            )
+        return self._prepared
+
+    def _reply(self, task: Task, **kw: Any) -> Reply:
+        return Reply(
+            participant=self.participant_id,
+            round=task.round,
+            stage=task.stage,
+            schema_hash=self.schema_hash,
+            **kw,
+        )
+
+
+def _bind(mw: Middleware, nxt: Handler) -> Handler:
+    def handler(task: Task) -> Reply:
+        return mw(task, nxt)
+
+    return handler
+
+
+def log_sent(task: Task, call_next: Handler) -> Reply:
+    """Middleware: log what leaves the organization (sizes and hashes, never data)."""
+    reply = call_next(task)
+    digest = hashlib.sha256()
+    size = 0
+    for a in reply.arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+        size += a.nbytes
+    log.info(
+        "%s round %d %s: sent %d arrays, %d bytes, sha256 %s%s",
+        reply.participant,
+        reply.round,
+        reply.stage.value,
+        len(reply.arrays),
+        size,
+        digest.hexdigest()[:16],
+        f", refused: {reply.refused}" if reply.refused else "",
+    )
+    return reply
