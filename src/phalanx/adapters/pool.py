@@ -13,6 +13,7 @@ import multiprocessing as mp
 import struct
 import traceback
 from collections.abc import Callable, Mapping
+from typing import cast
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -124,8 +125,8 @@ class ProcessPoolTransport:
         replies: dict[ParticipantId, Reply] = {}
         pending = {self._conns[w]: len(items) for w, items in per_worker.items()}
         while pending:
-            for conn in wait(list(pending)):
-                assert isinstance(conn, Connection)
+            for ready in wait(list(pending)):
+                conn = cast(Connection, ready)
                 try:
                     blob = conn.recv_bytes()
                 except (EOFError, OSError):

@@ -26,7 +26,7 @@ from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
-from phalanx.core.metrics import evaluate, threshold_at_fpr
+from phalanx.core.metrics import confusion_matrix, evaluate, threshold_at_fpr
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord
 from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX
 from phalanx.core.types import ParticipantId, Weights
@@ -164,7 +164,11 @@ def run_simulation(
     assert transform is not None
     model = classifier(tconf["model"], transform.n_features, cfg.seed)
     model.set_weights(fed.weights)
-    federated = evaluate(test_cache["y"], model.predict_proba(test_cache["x"]), CATEGORIES)
+    proba = model.predict_proba(test_cache["x"])
+    federated = evaluate(test_cache["y"], proba, CATEGORIES)
+    federated["confusion"] = confusion_matrix(
+        test_cache["y"], proba.argmax(axis=1), len(CATEGORIES)
+    ).tolist()
     thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
     summary: dict[str, Any] = {
         "federated": federated,
