@@ -290,8 +290,6 @@ def write_run(result: SimulationResult, out: Path) -> None:
     model = classifier(cfg.model.model_dump(mode="json"), result.transform.n_features, cfg.seed)
     model.set_weights(result.weights)
     metadata = {
-        "format": "phalanx-model",
-        "format_version": 1,
         "model": cfg.model.model_dump(mode="json"),
         "n_features": result.transform.n_features,
         "schema": schema.to_dict(),
