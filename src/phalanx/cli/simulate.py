@@ -145,7 +145,7 @@ def _pydantic_message(exc: ValidationError) -> str:
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="test-set results", show_lines=False)
     for col in ("system", "accuracy", "macro-F1", "binary acc.", "detection", "FPR", "ROC-AUC"):
-        table.add_column(col, justify="right" if col != "system" else "left")
+        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
     rows = [("federated", summary["federated"])]
     if "centralized" in summary:
         rows += [
