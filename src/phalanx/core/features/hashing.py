@@ -6,7 +6,7 @@ the bucket of a value is the same in every process, on every machine and in ever
 Python's :func:`hash` is salted per process and must never be used here. Every participant of a
 federation therefore agrees on the input layout without exchanging vocabularies.
 
-Canonical form: ``None`` becomes ``""``, surrounding whitespace is stripped, and an integral
+Canonical form: ``None`` becomes ``""``, surrounding whitespace (and trailing NULs) is stripped, and an integral
 number written with a trailing ``.0`` loses it (``"443.0"`` and ``"443"`` hash alike), because
 readers of the same dataset disagree on whether a port column is an integer or a float.
 
@@ -30,7 +30,14 @@ def canonical(value: object) -> str:
     """The canonical string form of a categorical value (see the module docstring)."""
     if value is None:
         return ""
-    text = str(value).strip()
+    # Trailing NULs go too: numpy's fixed-width strings cannot hold them, and the vectorized path
+    # must agree with the scalar one.
+    text = str(value)
+    while True:
+        shorter = text.strip().rstrip("\x00")
+        if shorter == text:
+            break
+        text = shorter
     if text.endswith(".0"):
         head = text[:-2]
         if head.lstrip("-").isdigit():
