@@ -87,3 +87,17 @@ def test_cli_names_a_bad_option() -> None:
     res = CliRunner().invoke(app, ["simulate", "--algorithm", "fedmagic", "--rounds", "1"])
     assert res.exit_code == 2
     assert "fedmagic" in res.output and "fedavg" in res.output
+
+
+def test_autoencoder_federation_is_scored_as_a_two_class_detector() -> None:
+    from phalanx.sim.config import ModelSpec
+
+    result = run_simulation(
+        _cfg(model=ModelSpec(kind="autoencoder", hidden=(32, 8)), rounds=2, baselines=True)
+    )
+    fed = result.summary["federated"]
+    present = {c for c, v in fed["per_class"].items() if v["support"]}
+    assert present <= {"benign", "other"}
+    assert fed["accuracy"] == fed["binary"]["accuracy"]
+    assert result.thresholds["default"] > 0.0
+    assert {"mean", "min"} <= set(result.summary["local_only"])

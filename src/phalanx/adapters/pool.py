@@ -13,9 +13,9 @@ import multiprocessing as mp
 import struct
 import traceback
 from collections.abc import Callable, Mapping
-from typing import cast
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import cast
 
 from phalanx.core.errors import PhalanxError, ProtocolError
 from phalanx.core.messages import Reply, Task, decode_reply, decode_task, encode_reply, encode_task

@@ -50,7 +50,17 @@ def simulate(
         False, "--baselines", help="Also train centralized and local-only models."
     ),
     out: Path | None = typer.Option(None, "--out", help="Run directory to write."),
-    hidden: str = typer.Option("256,128", "--hidden", help="MLP hidden layer widths."),
+    model: str = typer.Option(
+        "mlp",
+        "--model",
+        help="mlp (multi-class classifier) or autoencoder (anomaly detector trained on benign"
+        " flows only, for participants without attack labels; scored as benign vs attack).",
+    ),
+    hidden: str | None = typer.Option(
+        None,
+        "--hidden",
+        help="Hidden layer widths (default 256,128 for mlp, 64,16 for autoencoder).",
+    ),
     lr: float = typer.Option(1e-3, "--lr", help="Local learning rate."),
     batch_size: int = typer.Option(256, "--batch-size"),
     synthetic_flows: int = typer.Option(
@@ -85,7 +95,12 @@ def simulate(
                 synthetic_flows=synthetic_flows,
                 workers=workers,
                 target_fpr=target_fpr,
-                model=ModelSpec(hidden=_hidden(hidden), lr=lr, batch_size=batch_size),
+                model=ModelSpec(
+                    kind=model,
+                    hidden=_hidden(hidden or ("64,16" if model == "autoencoder" else "256,128")),
+                    lr=lr,
+                    batch_size=batch_size,
+                ),
             )
         except ValidationError as exc:
             raise ConfigError(_pydantic_message(exc)) from None

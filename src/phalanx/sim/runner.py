@@ -22,15 +22,14 @@ from numpy.typing import NDArray
 from phalanx.adapters.inproc import InProcessTransport
 from phalanx.adapters.pool import ProcessPoolTransport
 from phalanx.core.aggregation import make_algorithm
-from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.metrics import confusion_matrix, evaluate, threshold_at_fpr
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord
-from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX
+from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX, FALLBACK
 from phalanx.core.types import ParticipantId, Weights
-from phalanx.models.federated import build_model
+from phalanx.models.federated import Model, build_model
 from phalanx.models.mlp import MLPClassifier
 from phalanx.ports import Transport
 from phalanx.services.coordinator import Coordinator
@@ -69,16 +68,37 @@ def algorithm_params(cfg: SimConfig) -> dict[str, float]:
     return params
 
 
-def classifier(spec: dict[str, Any], n_features: int, seed: int) -> MLPClassifier:
-    """The MLP classifier of ``spec`` (simulation scores multi-class models)."""
-    model = build_model(spec, n_features, {"seed": seed})
-    if not isinstance(model, MLPClassifier):
-        raise ConfigError(
-            f"simulate trains and scores the multi-class MLP; model kind {spec.get('kind')!r}"
-            " is trained by participants without labels in a deployment",
-            hint="use --model mlp",
-        )
-    return model
+def make_model(spec: dict[str, Any], n_features: int, seed: int) -> Model:
+    """The model of ``spec`` (MLP classifier or autoencoder detector), initialized from ``seed``."""
+    return build_model(spec, n_features, {"seed": seed})
+
+
+def class_probabilities(
+    model: Model, x: NDArray[np.float32], benign_x: NDArray[np.float32], target_fpr: float
+) -> NDArray[np.float64]:
+    """Class probabilities over the taxonomy for scoring.
+
+    An autoencoder is a two-class detector: its anomaly score ``s`` and the threshold ``t``
+    calibrated at ``target_fpr`` on benign validation flows give P(attack) = s / (s + t), put on
+    the fallback category ``other``; so P(attack) >= 0.5 exactly when the detector alerts.
+    """
+    if isinstance(model, MLPClassifier):
+        return np.asarray(model.predict_proba(x), dtype=np.float64)
+    threshold = max(float(threshold_at_fpr(model.score(benign_x), target_fpr)), 1e-12)
+    s = np.asarray(model.score(x), dtype=np.float64)
+    p_attack = s / (s + threshold)
+    proba = np.zeros((len(x), len(CATEGORIES)))
+    proba[:, CATEGORY_INDEX[BENIGN]] = 1.0 - p_attack
+    proba[:, CATEGORY_INDEX[FALLBACK]] = p_attack
+    return proba
+
+
+def scored_labels(model_kind: str, y: NDArray[np.int64]) -> NDArray[np.int64]:
+    """True classes as a model of ``model_kind`` is scored: attacks become ``other`` for the
+    two-class autoencoder."""
+    if model_kind != "autoencoder":
+        return y
+    return np.where(y == CATEGORY_INDEX[BENIGN], y, CATEGORY_INDEX[FALLBACK])
 
 
 def train_config(cfg: SimConfig) -> dict[str, Any]:
@@ -129,10 +149,14 @@ def run_simulation(
         assert transform is not None  # rounds only complete after the statistics stage
         if "x" not in test_cache:
             test_cache["x"] = transform.transform(data.test)
-            test_cache["y"] = category_indices(data.test)
-        model = classifier(tconf["model"], transform.n_features, cfg.seed)
+            test_cache["y"] = scored_labels(cfg.model.kind, category_indices(data.test))
+            test_cache["benign"] = transform.transform(
+                data.validation.take(data.validation.category == BENIGN)
+            )
+        model = make_model(tconf["model"], transform.n_features, cfg.seed)
         model.set_weights(fed.weights)
-        result = evaluate(test_cache["y"], model.predict_proba(test_cache["x"]), CATEGORIES)
+        proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
+        result = evaluate(test_cache["y"], proba, CATEGORIES)
         line = {
             "round": record.round,
             "participants": len(record.participants),
@@ -162,9 +186,9 @@ def run_simulation(
         transport.close()
     transform = fed.transform
     assert transform is not None
-    model = classifier(tconf["model"], transform.n_features, cfg.seed)
+    model = make_model(tconf["model"], transform.n_features, cfg.seed)
     model.set_weights(fed.weights)
-    proba = model.predict_proba(test_cache["x"])
+    proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
     federated = evaluate(test_cache["y"], proba, CATEGORIES)
     federated["confusion"] = confusion_matrix(
         test_cache["y"], proba.argmax(axis=1), len(CATEGORIES)
@@ -206,14 +230,20 @@ def run_simulation(
 
 
 def calibrate(
-    model: Any, transform: FeatureTransform, validation: FlowBatch, target_fpr: float
+    model: Model, transform: FeatureTransform, validation: FlowBatch, target_fpr: float
 ) -> dict[str, float]:
-    """Attack-score thresholds at the target false-positive rates on benign validation flows."""
+    """Attack-score thresholds at the target false-positive rates on benign validation flows.
+
+    For the MLP the attack score is 1 - P(benign) and ``default`` is 0.5; for the autoencoder
+    it is the reconstruction error and ``default`` is the threshold at ``target_fpr``.
+    """
     benign = validation.take(validation.category == BENIGN)
     if len(benign) == 0:
         return {"default": 0.5}
-    scores = 1.0 - model.predict_proba(transform.transform(benign))[:, CATEGORY_INDEX[BENIGN]]
+    scores = model.attack_score(transform.transform(benign))
     out = {"default": 0.5}
+    if not isinstance(model, MLPClassifier):
+        out["default"] = float(threshold_at_fpr(scores, target_fpr))
     for fpr in sorted({target_fpr, 0.01, 0.001}):
         out[f"fpr={fpr:g}"] = float(threshold_at_fpr(scores, fpr))
     return out
@@ -227,7 +257,8 @@ def centralized_baseline(
     x = transform.transform(pooled)
     y = category_indices(pooled)
     model = _fit(cfg, x, y, seed=cfg.seed)
-    return evaluate(test_cache["y"], model.predict_proba(test_cache["x"]), CATEGORIES)
+    proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
+    return evaluate(test_cache["y"], proba, CATEGORIES)
 
 
 def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
@@ -237,9 +268,10 @@ def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
         transform = FeatureTransform.fit(compute_stats(part))
         model = _fit(cfg, transform.transform(part), category_indices(part), seed=cfg.seed + i + 1)
         x_test = transform.transform(data.test)
-        results.append(
-            evaluate(category_indices(data.test), model.predict_proba(x_test), CATEGORIES)
-        )
+        benign = transform.transform(data.validation.take(data.validation.category == BENIGN))
+        proba = class_probabilities(model, x_test, benign, cfg.target_fpr)
+        y_test = scored_labels(cfg.model.kind, category_indices(data.test))
+        results.append(evaluate(y_test, proba, CATEGORIES))
     return {
         "mean": reduce_nested(results, np.mean),
         "min": reduce_nested(results, np.min),
@@ -247,10 +279,11 @@ def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
     }
 
 
-def _fit(cfg: SimConfig, x: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> Any:
+def _fit(cfg: SimConfig, x: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> Model:
     spec = cfg.model.model_dump(mode="json")
-    model = classifier(spec, x.shape[1], seed)
-    model.partial_fit(x, y, epochs=cfg.rounds * cfg.local_epochs)
+    model = make_model(spec, x.shape[1], seed)
+    epochs = cfg.rounds * cfg.local_epochs
+    model.partial_fit(x, y, epochs=epochs)  # the autoencoder keeps only the benign rows
     return model
 
 
@@ -287,7 +320,7 @@ def write_run(result: SimulationResult, out: Path) -> None:
         json.dumps(result.summary, indent=2, default=_json_default) + "\n"
     )
     schema = result.data.parts[0].schema
-    model = classifier(cfg.model.model_dump(mode="json"), result.transform.n_features, cfg.seed)
+    model = make_model(cfg.model.model_dump(mode="json"), result.transform.n_features, cfg.seed)
     model.set_weights(result.weights)
     metadata = {
         "model": cfg.model.model_dump(mode="json"),

@@ -6,9 +6,9 @@ the bucket of a value is the same in every process, on every machine and in ever
 Python's :func:`hash` is salted per process and must never be used here. Every participant of a
 federation therefore agrees on the input layout without exchanging vocabularies.
 
-Canonical form: ``None`` becomes ``""``, surrounding whitespace (and trailing NULs) is stripped, and an integral
-number written with a trailing ``.0`` loses it (``"443.0"`` and ``"443"`` hash alike), because
-readers of the same dataset disagree on whether a port column is an integer or a float.
+Canonical form: ``None`` becomes ``""``, surrounding whitespace (and trailing NULs) is stripped,
+and an integral number written with a trailing ``.0`` loses it (``"443.0"`` and ``"443"`` hash
+alike), because readers of the same dataset disagree on whether a port column is an integer or a float.
 
 References
 ----------
