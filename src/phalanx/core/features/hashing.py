@@ -8,7 +8,8 @@ federation therefore agrees on the input layout without exchanging vocabularies.
 
 Canonical form: ``None`` becomes ``""``, surrounding whitespace (and trailing NULs) is stripped,
 and an integral number written with a trailing ``.0`` loses it (``"443.0"`` and ``"443"`` hash
-alike), because readers of the same dataset disagree on whether a port column is an integer or a float.
+alike), because readers of the same dataset disagree on whether a port column is an integer or
+a float.
 
 References
 ----------
