@@ -148,6 +148,48 @@ class Federation:
         if transform is not None:
             self.weights = init_weights(transform.n_features)
 
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Weights]]:
+        """The state to checkpoint after a completed round: JSON-ready metadata and arrays.
+
+        A pending stage is not part of it: a coordinator restarted from a snapshot redoes the
+        round that was in flight, so no round is lost or counted twice.
+        """
+        if self._fit_record is not None:
+            raise RoundError(
+                "cannot snapshot between a fit stage and its evaluate stage",
+                hint="snapshot after a round completes",
+            )
+        meta: dict[str, Any] = {
+            "round": self.round,
+            "schema_hash": self.schema_hash,
+            "transform": self.transform.to_dict() if self.transform is not None else None,
+            "rng": self._rng.bit_generator.state,
+            "history": [_record_to_dict(r) for r in self.history],
+        }
+        arrays: dict[str, Weights] = {"weights": list(self.weights)}
+        for key, value in self.algorithm.state().items():
+            arrays[f"algo:{key}"] = list(value)
+        return meta, arrays
+
+    def restore(self, meta: dict[str, Any], arrays: dict[str, Weights]) -> None:
+        """Continue from a :meth:`snapshot` (same plan, schema and algorithm)."""
+        if meta.get("schema_hash") != self.schema_hash:
+            raise SchemaMismatchError(
+                f"checkpoint was taken for schema {str(meta.get('schema_hash'))[:12]}, this"
+                f" federation uses {self.schema_hash[:12]}",
+                hint="restart with the configuration the checkpoint was written under",
+            )
+        self.round = int(meta["round"])
+        self.transform = (
+            FeatureTransform.from_dict(meta["transform"]) if meta.get("transform") else None
+        )
+        self.weights = [np.asarray(w, dtype=np.float32) for w in arrays["weights"]]
+        self.algorithm.load_state({k[5:]: v for k, v in arrays.items() if k.startswith("algo:")})
+        self._rng.bit_generator.state = meta["rng"]
+        self.history = [_record_from_dict(d) for d in meta.get("history", [])]
+        self._pending = None
+        self._fit_record = None
+
     @property
     def done(self) -> bool:
         """True once every planned round has completed."""
@@ -359,6 +401,28 @@ class Federation:
                 )
             if not all(np.isfinite(a).all() for a in reply.arrays):
                 raise ProtocolError(f"update from {pid!r} in round {req.round} holds NaN or inf")
+
+
+def _record_to_dict(r: RoundRecord) -> dict[str, Any]:
+    return {
+        "round": r.round,
+        "participants": list(r.participants),
+        "num_examples": r.num_examples,
+        "train_metrics": r.train_metrics,
+        "eval_metrics": r.eval_metrics,
+        "refused": dict(r.refused),
+    }
+
+
+def _record_from_dict(d: dict[str, Any]) -> RoundRecord:
+    return RoundRecord(
+        round=int(d["round"]),
+        participants=tuple(ParticipantId(p) for p in d["participants"]),
+        num_examples=int(d["num_examples"]),
+        train_metrics={k: float(v) for k, v in d["train_metrics"].items()},
+        eval_metrics={k: float(v) for k, v in d.get("eval_metrics", {}).items()},
+        refused={ParticipantId(k): str(v) for k, v in d.get("refused", {}).items()},
+    )
 
 
 def _weighted_metrics(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
