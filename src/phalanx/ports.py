@@ -6,9 +6,13 @@ the :class:`Transport` they are given (in-process, a local process pool, or gRPC
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from os import PathLike
+from typing import Any, Protocol
 
+from phalanx.core.errors import PhalanxError
 from phalanx.core.messages import Reply, Task
 from phalanx.core.types import ParticipantId
 
@@ -49,4 +53,131 @@ class Clock(Protocol):
 
     def now(self) -> float:
         """Seconds since an arbitrary epoch (monotonic)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ParticipantRecord:
+    """An enrolled member of the federation, as the coordinator's store keeps it."""
+
+    name: str
+    role: str
+    enrolled_at: datetime
+    cert_serial: int | None
+    status: str
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as recorded by the store: ``state`` is 'started', 'completed' or 'failed'."""
+
+    round: int
+    state: str
+    participants: list[str]
+    started_at: datetime | None
+    completed_at: datetime | None
+    bytes_up: int
+    bytes_down: int
+    metrics: dict[str, Any]
+    model_sha256: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One row of the append-only audit log."""
+
+    id: int
+    at: datetime
+    event: str
+    actor: str
+    detail: dict[str, Any]
+
+
+class Store(Protocol):
+    """The coordinator's durable state: enrolment, rounds, model versions, an audit log.
+
+    Every method is safe to call from several threads. A completed round is recorded in one
+    transaction, so a crash never leaves it half-written.
+    """
+
+    def enroll(self, name: str, role: str, cert_serial: int | None) -> None:
+        """Add or re-enrol a member (status becomes 'active')."""
+        ...
+
+    def participants(self) -> list[ParticipantRecord]:
+        """Enrolled members, by name."""
+        ...
+
+    def record_revocation(
+        self, serial: int, *, name: str | None = None, reason: str = "unspecified"
+    ) -> None:
+        """Remember a revoked certificate; a member holding it becomes 'revoked'."""
+        ...
+
+    def begin_round(self, round: int, participants: Sequence[str]) -> None:
+        """Record that ``round`` started with the sampled ``participants``."""
+        ...
+
+    def complete_round(
+        self,
+        round: int,
+        *,
+        participants: Sequence[str],
+        bytes_up: int,
+        bytes_down: int,
+        metrics: Mapping[str, Any],
+        model_sha256: str,
+        model_path: str | PathLike[str],
+    ) -> None:
+        """Record a completed round, its model version and an audit event, atomically."""
+        ...
+
+    def fail_round(self, round: int, reason: str) -> None:
+        """Record that ``round`` failed, and why."""
+        ...
+
+    def last_completed_round(self) -> int:
+        """The highest completed round, 0 when none."""
+        ...
+
+    def audit(self, event: str, actor: str, **detail: Any) -> int:
+        """Append an event to the audit log; return its id."""
+        ...
+
+
+class LinkUnavailable(PhalanxError):
+    """The coordinator cannot be reached now (down, restarting, network); retry with backoff."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a participant sent: the size and sha256 of the serialized reply, never its data."""
+
+    size: int
+    sha256: str
+
+
+class CoordinatorLink(Protocol):
+    """A participant's outbound connection to the coordinator (the gRPC client implements it).
+
+    Failures are :class:`LinkUnavailable` (retry later), :class:`~phalanx.core.errors.TrustError`
+    (this identity is refused) or :class:`~phalanx.core.errors.ProtocolError` (a message refused).
+    """
+
+    @property
+    def finished(self) -> bool:
+        """True once the coordinator said the federation is finished."""
+        ...
+
+    def pull_task(self, wait_s: float) -> Task | None:
+        """The next task, or ``None`` when none came within ``wait_s`` or the federation ended."""
+        ...
+
+    def push_reply(self, reply: Reply) -> Receipt:
+        """Send the reply to the task pulled last."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
         ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from phalanx import __version__
-from phalanx.cli import data, simulate
+from phalanx.cli import data, pki, simulate
 
 app = typer.Typer(
     name="phalanx",
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", help="Read and inspect security datasets.")
 app.command("simulate")(simulate.simulate)
+app.add_typer(pki.app, name="pki", help="The federation's certificate authority and identities.")
 
 
 def _version(value: bool) -> None:

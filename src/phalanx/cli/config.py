@@ -1,0 +1,149 @@
+"""``federation.toml``: the coordinator's configuration, validated (unknown keys are errors).
+
+Example::
+
+    [federation]
+    name = "north-isac"
+
+    [data]
+    schema = "netflow-v2"          # the schema every participant reads its flows into
+
+    [model]
+    kind = "mlp"
+    hidden = [256, 128]
+
+    [training]
+    algorithm = "fedavg"
+    rounds = 10
+    local_epochs = 1
+    seed = 0
+
+    [participants]
+    enrolled = ["hospital-a", "bank-b", "isp-c"]
+    admins = ["soc-lead"]
+    min = 2                        # fewest replies a round accepts
+    max = 10                       # most participants sampled per round
+    fraction = 1.0                 # share of connected participants sampled per round
+
+    [rounds]
+    deadline_s = 120               # stragglers after this are left out of the round
+    max_retries = 3                # retries of a round that fell short of `min`
+
+    [server]
+    listen = "127.0.0.1:50051"
+    pki_dir = "pki"                # from `phalanx pki init`; holds ca.crt, crl.pem
+    identity_dir = "pki/coordinators/localhost"
+
+    [state]
+    dir = "state"                  # SQLite database, checkpoints, model versions
+
+Unsafe modes are never configurable here: mutual TLS is always on.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from phalanx.core.errors import ConfigError
+from phalanx.sim.config import ALGORITHMS, ModelSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FederationSection(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class DataSection(_Strict):
+    schema_name: str = Field("netflow-v2", alias="schema")
+
+
+class TrainingSection(_Strict):
+    algorithm: str = "fedavg"
+    rounds: int = Field(10, ge=1, le=100_000)
+    local_epochs: int = Field(1, ge=1, le=1000)
+    seed: int = 0
+    params: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {v!r}; expected one of {', '.join(ALGORITHMS)}")
+        return v
+
+
+class ParticipantsSection(_Strict):
+    enrolled: list[str] = Field(min_length=1)
+    admins: list[str] = Field(default_factory=list)
+    min: int = Field(1, ge=1)
+    max: int | None = Field(None, ge=1)
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class RoundsSection(_Strict):
+    deadline_s: float = Field(120.0, gt=0.0)
+    max_retries: int = Field(3, ge=0)
+
+
+class ServerSection(_Strict):
+    listen: str = "127.0.0.1:50051"
+    pki_dir: Path = Path("pki")
+    identity_dir: Path = Path("pki/coordinators/localhost")
+
+
+class StateSection(_Strict):
+    dir: Path = Path("state")
+
+
+class FederationConfig(_Strict):
+    """The whole ``federation.toml``."""
+
+    federation: FederationSection
+    data: DataSection = DataSection()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSection = TrainingSection()
+    participants: ParticipantsSection
+    rounds: RoundsSection = RoundsSection()
+    server: ServerSection = ServerSection()
+    state: StateSection = StateSection()
+
+
+def load_config(path: Path) -> FederationConfig:
+    """Read and validate ``path``; relative paths in it are taken from its folder."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        cfg = FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"{path} is not a valid federation configuration: {problems}",
+            hint="see the example in 'phalanx coordinator serve --help' and docs/user-guide.md",
+        ) from None
+    base = path.parent
+    server = cfg.server.model_copy(
+        update={
+            "pki_dir": _under(base, cfg.server.pki_dir),
+            "identity_dir": _under(base, cfg.server.identity_dir),
+        }
+    )
+    state = cfg.state.model_copy(update={"dir": _under(base, cfg.state.dir)})
+    return cfg.model_copy(update={"server": server, "state": state})
+
+
+def _under(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p)
