@@ -89,6 +89,7 @@ class ParticipantsSection(_Strict):
 class RoundsSection(_Strict):
     deadline_s: float = Field(120.0, gt=0.0)
     max_retries: int = Field(3, ge=0)
+    linger_s: float = Field(3.0, ge=0.0)
 
 
 class ServerSection(_Strict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from phalanx import __version__
-from phalanx.cli import data, pki, simulate
+from phalanx.cli import coordinator, data, demo, participant, pki, simulate
 
 app = typer.Typer(
     name="phalanx",
@@ -21,7 +21,14 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", help="Read and inspect security datasets.")
 app.command("simulate")(simulate.simulate)
+app.command("demo")(demo.demo)
 app.add_typer(pki.app, name="pki", help="The federation's certificate authority and identities.")
+app.add_typer(coordinator.app, name="coordinator", help="Run a federation's coordinator.")
+app.add_typer(participant.app, name="participant", help="Take part in a federation.")
+app.command("status")(coordinator.status_command)
+model_app = typer.Typer(no_args_is_help=True)
+model_app.command("pull")(participant.pull)
+app.add_typer(model_app, name="model", help="Global model bundles.")
 
 
 def _version(value: bool) -> None:

@@ -15,8 +15,10 @@ under the final names.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,58 @@ def _reject_constant(name: str) -> float:
 
 
 __all__ = ["load_model", "save_model"]
+
+
+MAX_BUNDLE_BYTES = 512 * 1024 * 1024
+
+
+def pack_bundle(path_dir: str | os.PathLike[str]) -> bytes:
+    """The bundle in ``path_dir`` as one byte string (a zip of its two files) for transfer."""
+    folder = Path(path_dir)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in (META_FILE, WEIGHTS_FILE):
+            try:
+                zf.writestr(name, (folder / name).read_bytes())
+            except OSError as err:
+                raise ModelError(f"cannot read model bundle file {folder / name}: {err}") from err
+    return buf.getvalue()
+
+
+def unpack_bundle(blob: bytes, path_dir: str | os.PathLike[str]) -> Path:
+    """Write a :func:`pack_bundle` byte string into ``path_dir`` and check it loads.
+
+    Only the two bundle files are accepted, each bounded in size; anything else is a
+    :class:`ModelError` and nothing is written.
+    """
+    if len(blob) > MAX_BUNDLE_BYTES:
+        raise ModelError(f"model bundle of {len(blob)} bytes exceeds {MAX_BUNDLE_BYTES}")
+    files: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            names = sorted(i.filename for i in zf.infolist())
+            if names != sorted((META_FILE, WEIGHTS_FILE)):
+                raise ModelError(
+                    f"model bundle holds {names}, expected exactly {META_FILE} and {WEIGHTS_FILE}"
+                )
+            for info in zf.infolist():
+                if info.file_size > MAX_BUNDLE_BYTES:
+                    raise ModelError(f"model bundle member {info.filename} is too large")
+                files[info.filename] = zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ModelError(f"model bundle is not a valid archive: {err}") from err
+    folder = Path(path_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / ".incoming"
+    staging.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (staging / name).write_bytes(data)
+    try:
+        load_model(staging)
+        for name in files:
+            os.replace(staging / name, folder / name)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    return folder

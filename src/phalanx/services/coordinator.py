@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from phalanx.core.errors import RoundError
 from phalanx.core.messages import Stage
-from phalanx.core.rounds import Federation, RoundRecord
+from phalanx.core.rounds import Federation, RoundRecord, StageRequest
 from phalanx.ports import Transport
 
 log = logging.getLogger("phalanx.coordinator")
@@ -47,6 +47,13 @@ class Coordinator:
         How often a stage that fell short of its minimum is retried before giving up.
     on_round:
         Called after every completed round (central evaluation, checkpoints, progress).
+    on_stage:
+        Called before every stage is sent (round bookkeeping, progress).
+    wait_for:
+        Called before each stage is planned (e.g. to wait until enough participants are
+        connected).
+    retry_wait_s:
+        Pause before retrying a stage that fell short, times the number of failures so far.
     """
 
     def __init__(
@@ -57,12 +64,18 @@ class Coordinator:
         deadline_s: float | None = None,
         max_retries: int = 3,
         on_round: Callable[[RoundRecord], None] | None = None,
+        on_stage: Callable[[StageRequest], None] | None = None,
+        wait_for: Callable[[], None] | None = None,
+        retry_wait_s: float = 1.0,
     ) -> None:
         self.federation = federation
         self.transport = transport
         self.deadline_s = deadline_s
         self.max_retries = max_retries
         self.on_round = on_round
+        self.on_stage = on_stage
+        self.wait_for = wait_for
+        self.retry_wait_s = retry_wait_s
         self.timings: list[StageTiming] = []
 
     def run(self) -> list[RoundRecord]:
@@ -70,9 +83,13 @@ class Coordinator:
         fed = self.federation
         failures = 0
         while True:
+            if self.wait_for is not None:
+                self.wait_for()
             req = fed.next_stage(self.transport.available())
             if req is None:
                 return fed.history
+            if self.on_stage is not None:
+                self.on_stage(req)
             down0, up0 = self.transport.bytes_down, self.transport.bytes_up
             t0 = time.perf_counter()
             replies = self.transport.exchange(req.tasks, deadline_s=self.deadline_s)
@@ -83,6 +100,7 @@ class Coordinator:
                 log.warning("%s (attempt %d of %d)", exc, failures, self.max_retries + 1)
                 if failures > self.max_retries:
                     raise
+                time.sleep(self.retry_wait_s * failures)
                 continue
             failures = 0
             self.timings.append(

@@ -148,11 +148,7 @@ def run_simulation(
         transform = fed.transform
         assert transform is not None  # rounds only complete after the statistics stage
         if "x" not in test_cache:
-            test_cache["x"] = transform.transform(data.test)
-            test_cache["y"] = scored_labels(cfg.model.kind, category_indices(data.test))
-            test_cache["benign"] = transform.transform(
-                data.validation.take(data.validation.category == BENIGN)
-            )
+            test_cache.update(scoring_arrays(cfg, transform, data))
         model = make_model(tconf["model"], transform.n_features, cfg.seed)
         model.set_weights(fed.weights)
         proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
@@ -227,6 +223,28 @@ def run_simulation(
         summary["local_only"] = local_only_baseline(cfg, data)
     summary["wall_s"] = time.perf_counter() - t_start
     return SimulationResult(cfg, summary, history, fed.weights, transform, thresholds, data)
+
+
+def scoring_arrays(cfg: SimConfig, transform: FeatureTransform, data: SimData) -> dict[str, Any]:
+    """Test features ``x``, scored classes ``y`` and benign validation features ``benign``."""
+    return {
+        "x": transform.transform(data.test),
+        "y": scored_labels(cfg.model.kind, category_indices(data.test)),
+        "benign": transform.transform(data.validation.take(data.validation.category == BENIGN)),
+    }
+
+
+def score(
+    cfg: SimConfig, model: Model, arrays: dict[str, Any], *, confusion: bool = False
+) -> dict[str, Any]:
+    """The summary metrics of ``model`` on the test arrays of :func:`scoring_arrays`."""
+    proba = class_probabilities(model, arrays["x"], arrays["benign"], cfg.target_fpr)
+    result = evaluate(arrays["y"], proba, CATEGORIES)
+    if confusion:
+        result["confusion"] = confusion_matrix(
+            arrays["y"], proba.argmax(axis=1), len(CATEGORIES)
+        ).tolist()
+    return result
 
 
 def calibrate(
