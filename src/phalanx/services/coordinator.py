@@ -83,6 +83,8 @@ class Coordinator:
         fed = self.federation
         failures = 0
         while True:
+            if fed.done:
+                return fed.history
             if self.wait_for is not None:
                 self.wait_for()
             req = fed.next_stage(self.transport.available())
