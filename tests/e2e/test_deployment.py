@@ -78,7 +78,7 @@ def test_networked_federation_completes_and_equals_the_simulation(tmp_path: Path
         store.close()
     assert "federation.finished" in events
     assert [v.round for v in versions] == [1, 2]
-    model, meta = load_model(Path(versions[-1].path))
+    model, _ = load_model(Path(versions[-1].path))
     networked = model.get_weights()
     for a, b in zip(networked, _simulate(dep), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
