@@ -1,0 +1,87 @@
+"""Accuracy of the federated simulation on real datasets, against honest baselines.
+
+Slow (minutes): run with ``pytest -m slow tests/sim/test_accuracy_real.py``. The numbers and the
+settings behind them are documented in ``docs/results.md``.
+
+The issue's NSL-KDD goals (binary accuracy >= 0.82 on KDDTest+, macro-F1 within 2 points of the
+centralized model) are not met yet and are not asserted here; docs/results.md has the numbers.
+
+Every run: 10 participants, Dirichlet(0.5) label skew, 20 rounds of one local epoch, FedAdam
+(Reddi et al., ICLR 2021) with its default server learning rate, the default MLP. The baselines
+use the same model and ``rounds x local_epochs`` epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phalanx.sim.config import SimConfig
+from phalanx.sim.runner import run_simulation
+
+pytestmark = pytest.mark.slow
+
+SEED = 0
+
+
+def _config(data: Path, test: Path | None = None) -> SimConfig:
+    return SimConfig(
+        data=str(data),
+        test=None if test is None else str(test),
+        participants=10,
+        partition="dirichlet:0.5",
+        rounds=20,
+        local_epochs=1,
+        algorithm="fedadam",
+        baselines=True,
+        seed=SEED,
+    )
+
+
+def _summary(cfg: SimConfig) -> dict[str, Any]:
+    return run_simulation(cfg).summary
+
+
+def _binary_accuracy(result: dict[str, Any]) -> float:
+    return float(result["binary"]["accuracy"])
+
+
+@pytest.fixture(scope="module")
+def nsl_kdd(datasets: Path) -> dict[str, Any]:
+    root = datasets / "nsl-kdd"
+    return _summary(_config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt"))
+
+
+def test_nsl_kdd_federated_beats_local_only(nsl_kdd: dict[str, Any]) -> None:
+    fed, local = nsl_kdd["federated"], nsl_kdd["local_only"]["mean"]
+    assert _binary_accuracy(fed) > _binary_accuracy(local)
+    assert fed["macro_f1"] > local["macro_f1"]
+    assert fed["binary"]["fpr"] < local["binary"]["fpr"]
+
+
+def test_nsl_kdd_federated_binary_accuracy_close_to_centralized(nsl_kdd: dict[str, Any]) -> None:
+    fed, cen = nsl_kdd["federated"], nsl_kdd["centralized"]
+    assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02
+    assert fed["binary"]["roc_auc"] >= cen["binary"]["roc_auc"] - 0.03
+
+
+@pytest.mark.parametrize(
+    ("relpath", "macro_f1_gap"),
+    [
+        # Federated macro-F1 0.74 against 0.94 centralized at seed 0 (rare classes; 257 benign
+        # test rows, FPR 0.30 against 0.05): documented, not a target. Slowest case (~4-8 min).
+        ("netflow-v2/NF-BoT-IoT-v2_reduced.csv.gz", 0.25),
+        ("cic-ids2017/CICIDS2017_kmeans_grouped_sample.csv.gz", 0.10),
+    ],
+)
+def test_federated_close_to_centralized_on_seeded_split(
+    datasets: Path, relpath: str, macro_f1_gap: float
+) -> None:
+    s = _summary(_config(datasets / relpath))
+    fed, cen, local = s["federated"], s["centralized"], s["local_only"]["mean"]
+    assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02
+    assert _binary_accuracy(fed) > _binary_accuracy(local)
+    assert fed["macro_f1"] >= cen["macro_f1"] - macro_f1_gap
+    assert fed["macro_f1"] > local["macro_f1"]
