@@ -17,7 +17,6 @@ from phalanx.adapters.store import (
     load_checkpoint,
     save_checkpoint,
 )
-from phalanx.adapters.store import checkpoints as ckpt_mod
 
 
 def _arrays(rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
@@ -104,7 +103,7 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.M
     def broken_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(files_mod.os, "replace", broken_replace)
     with pytest.raises(CheckpointError, match="No space left"):
         save_checkpoint(tmp_path, 2, {"w": [np.ones(3)]}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["round-000001.safetensors"]

@@ -13,13 +13,10 @@ file or none. Only the newest ``keep`` checkpoints are kept.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from phalanx.adapters.pki.files import write_atomic
 from phalanx.adapters.store.schema import StoreError
 
 FORMAT = "phalanx.checkpoint"
@@ -109,7 +107,7 @@ def save_checkpoint(
     path = folder / checkpoint_name(round)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, data)
+        write_atomic(path, data, mode=0o600)
     except OSError as err:
         raise CheckpointError(
             f"{path}: cannot write checkpoint ({err.strerror or err})",
@@ -195,26 +193,6 @@ def prune_checkpoints(directory: Path, *, keep: int = 3) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-            os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _content_digest(tensors: dict[str, np.ndarray]) -> str:
