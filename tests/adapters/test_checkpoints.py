@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from phalanx.adapters.pki import files as files_mod
 from phalanx.adapters.store import (
     CheckpointError,
     latest_checkpoint,
