@@ -170,3 +170,52 @@ def test_a_revoked_participant_is_refused_and_audited(tmp_path: Path) -> None:
         store.close()
     assert any("revoked" in json.dumps(e.detail) for e in refusals)
     assert "refused" in dep.log("bank").lower()
+
+
+def test_status_and_model_pull_from_the_command_line(tmp_path: Path) -> None:
+    import time
+
+    from typer.testing import CliRunner
+
+    from phalanx.cli.main import app
+
+    dep = Deployed(tmp_path, ["office"], rounds=1, port=free_port())
+    admin = str(tmp_path / "pki/admins/ops")
+    addr = f"127.0.0.1:{dep.port}"
+    runner = CliRunner()
+    try:
+        dep.start_coordinator()
+        for _ in range(100):
+            res = runner.invoke(
+                app, ["status", "--coordinator", addr, "--identity", admin, "--json"]
+            )
+            if res.exit_code == 0:
+                break
+            time.sleep(0.2)
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.output)
+        assert doc["federation"] == "e2e-fed"
+        assert doc["round"] == 0
+        assert doc["connected"] == []
+        assert doc["enrolled"] == ["office"]
+        res = runner.invoke(
+            app,
+            [
+                "model",
+                "pull",
+                "--coordinator",
+                addr,
+                "--identity",
+                admin,
+                "--out",
+                str(tmp_path / "m"),
+            ],
+        )
+        assert res.exit_code == 2
+        assert "model" in res.output.lower()
+        # a participant identity may not call the admin status
+        office = str(tmp_path / "pki/participants/office")
+        res = runner.invoke(app, ["status", "--coordinator", addr, "--identity", office])
+        assert res.exit_code == 2
+    finally:
+        dep.stop_all()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 
 from phalanx.core.errors import PhalanxError
+
+if TYPE_CHECKING:
+    from phalanx.adapters.grpc.client import CoordinatorClient
 
 T = TypeVar("T")
 err_console = Console(stderr=True)
@@ -41,3 +45,12 @@ def run_guarded(fn: Callable[[], T]) -> T:
     """Call ``fn`` with :func:`user_errors` around it."""
     with user_errors():
         return fn()
+
+
+def connect(coordinator: str, identity: Path) -> CoordinatorClient:
+    """A mutual-TLS client to ``coordinator`` with the identity folder ``identity``."""
+    from phalanx.adapters.grpc.client import CoordinatorClient
+    from phalanx.adapters.pki import load_identity
+
+    key, cert, ca = load_identity(identity).read()
+    return CoordinatorClient(coordinator, ca_cert=ca, cert=cert, key=key)

@@ -22,11 +22,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from phalanx.adapters.grpc.client import CoordinatorClient
 from phalanx.adapters.grpc.server import CoordinatorServer
 from phalanx.adapters.pki import TrustRoot, load_identity
 from phalanx.adapters.store import SqliteStore, latest_checkpoint, load_checkpoint, save_checkpoint
-from phalanx.cli.common import setup_runtime, user_errors
+from phalanx.cli.common import connect, setup_runtime, user_errors
 from phalanx.cli.config import FederationConfig, load_config
 from phalanx.core.aggregation import make_algorithm
 from phalanx.core.errors import ConfigError, TrustError
@@ -282,8 +281,7 @@ def status_command(
 ) -> None:
     """Show a federation's progress, participants and recent rounds (admin identity)."""
     with user_errors():
-        key, cert, ca = load_identity(identity).read()
-        client = CoordinatorClient(coordinator, ca_cert=ca, cert=cert, key=key)
+        client = connect(coordinator, identity)
         try:
             doc = client.status()
         finally:

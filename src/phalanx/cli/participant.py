@@ -11,7 +11,7 @@ from rich.console import Console
 
 from phalanx.adapters.grpc.client import CoordinatorClient
 from phalanx.adapters.pki import identity_from_pem, load_identity
-from phalanx.cli.common import setup_runtime, user_errors
+from phalanx.cli.common import connect, setup_runtime, user_errors
 from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.types import ParticipantId
@@ -84,8 +84,7 @@ def pull(
 ) -> None:
     """Download the current global model bundle."""
     with user_errors():
-        key, cert, ca = load_identity(identity).read()
-        client = CoordinatorClient(coordinator, ca_cert=ca, cert=cert, key=key)
+        client = connect(coordinator, identity)
         try:
             blob = client.pull_model()
         finally:
