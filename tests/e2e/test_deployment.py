@@ -219,3 +219,22 @@ def test_status_and_model_pull_from_the_command_line(tmp_path: Path) -> None:
         assert res.exit_code == 2
     finally:
         dep.stop_all()
+
+
+@pytest.mark.slow
+def test_too_few_participants_is_retried_then_a_clear_failure(tmp_path: Path) -> None:
+    dep = Deployed(tmp_path, ["office", "bank"], rounds=2, port=free_port(), deadline_s=3.0)
+    try:
+        coord = dep.start_coordinator()
+        dep.start_participant(0)  # 'bank' never comes: min is 2
+        assert coord.wait(timeout=240) == 2
+    finally:
+        dep.stop_all()
+    log = dep.log("coordinator")
+    assert "usable replies" in log or "no participant" in log
+    store = dep.store()
+    try:
+        rounds = store.rounds()
+    finally:
+        store.close()
+    assert [(r.round, r.state) for r in rounds][-1] == (1, "failed")

@@ -28,7 +28,7 @@ from phalanx.adapters.store import SqliteStore, latest_checkpoint, load_checkpoi
 from phalanx.cli.common import connect, setup_runtime, user_errors
 from phalanx.cli.config import FederationConfig, load_config
 from phalanx.core.aggregation import make_algorithm
-from phalanx.core.errors import ConfigError, TrustError
+from phalanx.core.errors import ConfigError, RoundError, TrustError
 from phalanx.core.messages import Stage
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord, StageRequest
 from phalanx.core.taxonomy import CATEGORIES
@@ -235,7 +235,13 @@ class CoordinatorHost:
             wait_for=lambda: self._wait_for_participants(stop),
         )
         try:
-            self.coordinator.run()
+            try:
+                self.coordinator.run()
+            except RoundError as exc:
+                failed = self.federation.round + 1
+                self.phase = f"failed at round {failed}"
+                self.store.fail_round(failed, str(exc))
+                raise
             self.phase = "finished"
             self.store.audit("federation.finished", "coordinator", rounds=self.federation.round)
             self.server.finish()
@@ -246,8 +252,21 @@ class CoordinatorHost:
             self.store.close()
 
     def _wait_for_participants(self, stop: threading.Event) -> None:
+        """Wait (at most one round deadline) until ``min`` participants are connected.
+
+        Past that the stage goes out to whoever is there; falling short of ``min`` is then a
+        round error, retried ``max_retries`` times before the coordinator gives up.
+        """
         need = self.cfg.participants.min
+        end = time.monotonic() + self.cfg.rounds.deadline_s
         while len(self.server.transport.available()) < need and not stop.is_set():
+            if time.monotonic() > end:
+                log.warning(
+                    "only %d of %d participants connected; trying the round anyway",
+                    len(self.server.transport.available()),
+                    need,
+                )
+                return
             stop.wait(0.2)
 
 

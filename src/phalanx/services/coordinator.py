@@ -87,7 +87,11 @@ class Coordinator:
                 return fed.history
             if self.wait_for is not None:
                 self.wait_for()
-            req = fed.next_stage(self.transport.available())
+            try:
+                req = fed.next_stage(self.transport.available())
+            except RoundError as exc:
+                failures = self._failed(exc, failures)
+                continue
             if req is None:
                 return fed.history
             if self.on_stage is not None:
@@ -98,11 +102,7 @@ class Coordinator:
             try:
                 record = fed.complete_stage(replies)
             except RoundError as exc:
-                failures += 1
-                log.warning("%s (attempt %d of %d)", exc, failures, self.max_retries + 1)
-                if failures > self.max_retries:
-                    raise
-                time.sleep(self.retry_wait_s * failures)
+                failures = self._failed(exc, failures)
                 continue
             failures = 0
             self.timings.append(
@@ -120,3 +120,12 @@ class Coordinator:
                     log.warning("round %d: %s left out: %s", record.round, pid, why)
                 if self.on_round is not None:
                     self.on_round(record)
+
+    def _failed(self, exc: RoundError, failures: int) -> int:
+        """Count a failed attempt; re-raise once the retries are spent, else pause."""
+        failures += 1
+        log.warning("%s (attempt %d of %d)", exc, failures, self.max_retries + 1)
+        if failures > self.max_retries:
+            raise exc
+        time.sleep(self.retry_wait_s * failures)
+        return failures
