@@ -61,6 +61,13 @@ TAXONOMY_OF = {  # the workload's classes in Phalanx's taxonomy (NSL-KDD's usual
     "r2l": "brute-force",
     "u2r": "exploit",
 }
+FIVE_OUTPUTS = {  # --phalanx-outputs 5: the first five taxonomy categories stand in as labels
+    "normal": "benign",
+    "dos": "dos",
+    "probe": "recon",
+    "r2l": "brute-force",
+    "u2r": "ddos",
+}
 MODEL_SPEC: dict[str, Any] = {
     "kind": "mlp",
     "hidden": [256, 128],
@@ -116,8 +123,15 @@ class _MarkedTransport:
         self.inner.close()
 
 
-def phalanx_child(n: int, rounds: int, cache: str, out: str, workers: int, profile: str) -> None:
-    """One cold Phalanx simulation of the workload; writes marks like the reference ServerApp."""
+def phalanx_child(
+    n: int, rounds: int, cache: str, out: str, workers: int, profile: str, outputs: int = 11
+) -> None:
+    """One cold Phalanx simulation of the workload; writes marks like the reference ServerApp.
+
+    ``outputs=5`` trains a 5-output MLP (``n_classes`` in the model spec) with the workload's
+    classes mapped to the first five taxonomy categories: an accuracy check against the reference
+    models, which have 5 outputs, not the production configuration.
+    """
     t_main = time.time()
     _one_thread()
     import numpy as np
@@ -137,7 +151,8 @@ def phalanx_child(n: int, rounds: int, cache: str, out: str, workers: int, profi
     from phalanx.services.participant import Participant
 
     phases = {"imported": time.time()}
-    x_tr, y_tr, x_te, y_te = (t.numpy() for t in W.load_data(cache))
+    with np.load(W.data_cache_path(cache)) as npz:  # the workload's data (not its torch cache)
+        x_tr, y_tr, x_te, y_te = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     assign = W.load_partition(cache, n)
     schema = FeatureSchema(
         source="fedbench",
@@ -145,7 +160,9 @@ def phalanx_child(n: int, rounds: int, cache: str, out: str, workers: int, profi
         columns=tuple(Column(f"f{i:03d}", ColumnKind.NUMERIC) for i in range(x_tr.shape[1])),
     )
     names = np.array(WORKLOAD_CLASSES, dtype=object)
-    cats = np.array([TAXONOMY_OF[c] for c in WORKLOAD_CLASSES], dtype=object)
+    mapping = FIVE_OUTPUTS if outputs == 5 else TAXONOMY_OF
+    cats = np.array([mapping[c] for c in WORKLOAD_CLASSES], dtype=object)
+    spec = {**MODEL_SPEC, "n_classes": 5} if outputs == 5 else MODEL_SPEC
 
     def flows(x: Any, y: Any) -> FlowBatch:
         return FlowBatch(
@@ -156,26 +173,25 @@ def phalanx_child(n: int, rounds: int, cache: str, out: str, workers: int, profi
             category=cats[y],
         )
 
-    train = flows(x_tr, y_tr)
     test = flows(x_te, y_te)
     order = np.argsort(assign, kind="stable")  # each client's rows in their original order
     bounds = np.cumsum(np.bincount(assign, minlength=n))[:-1]
     ids = [ParticipantId(f"org-{i + 1:04d}") for i in range(n)]
     participants = {
-        pid: Participant(pid, train.take(rows))
+        pid: Participant(pid, flows(x_tr[rows], y_tr[rows]))
         for pid, rows in zip(ids, np.split(order, bounds), strict=True)
     }
-    del train
+    del x_tr, y_tr, x_te
     phases["participants_built"] = time.time()
     pool = ProcessPoolTransport(
         {p: h.handle for p, h in participants.items()}, workers=workers, worker_init=_one_thread
     )
     phases["pool_started"] = time.time()
-    tconf = {"model": MODEL_SPEC, "local_epochs": 1}
+    tconf = {"model": spec, "local_epochs": 1}
     plan = FederationPlan(rounds=rounds, min_participants=n, seed=0, train_config=tconf)
 
     def init_weights(n_features: int) -> Any:
-        return build_model(MODEL_SPEC, n_features, {"seed": 0}).get_weights()
+        return build_model(spec, n_features, {"seed": 0}).get_weights()
 
     fed = Federation(plan, schema, make_algorithm("fedavg"), init_weights)
     y_test = np.array([CATEGORY_INDEX[c] for c in cats], dtype=np.int64)[y_te]
@@ -187,7 +203,7 @@ def phalanx_child(n: int, rounds: int, cache: str, out: str, workers: int, profi
         assert fed.transform is not None
         if not test_x:
             test_x.append(fed.transform.transform(test))
-        model = build_model(MODEL_SPEC, fed.transform.n_features, {"seed": 0})
+        model = build_model(spec, fed.transform.n_features, {"seed": 0})
         model.set_weights(fed.weights)
         pred = model.predict(test_x[0])
         f1s = []
@@ -464,6 +480,8 @@ class Bench:
             str(out),
             "--workers",
             str(self.args.workers),
+            "--phalanx-outputs",
+            str(self.args.phalanx_outputs),
             "--child-profile",
             prof,
         ]
@@ -583,7 +601,8 @@ class Bench:
         label = {
             "plain2": "plain loop, 2 processes",
             "plain": "plain loop, 1 process",
-            "phalanx": "Phalanx simulation (pool, 2 workers)",
+            "phalanx": "Phalanx simulation (pool, 2 workers)"
+            + (" [5 outputs]" if self.args.phalanx_outputs == 5 else ""),
             "sim": "Flower 1.42 simulation (flwr run, Ray)",
         }
         rows = sorted(s["rows"], key=lambda r: (r["n"], ["plain2", "plain", "phalanx", "sim"]
@@ -601,13 +620,19 @@ class Bench:
                 f" {ratio:>8} | {r['startup_s']:>12.2f} | {r['peak_pss_gb']:>13.2f} |"
                 f" {r['accuracy']:>8.4f} |"
             )
+        outputs = (
+            "Phalanx's MLP has 11 outputs (its taxonomy; the workload's 5 classes map to"
+            " benign/dos/recon/brute-force/exploit) against 5 in the reference, so its model is"
+            " 263,212 bytes instead of 260,116."
+            if self.args.phalanx_outputs == 11
+            else "Phalanx's MLP was given 5 outputs (--phalanx-outputs 5, an accuracy check; the"
+            " classes stand in as benign/dos/recon/brute-force/ddos), like the reference."
+        )
         print(
             "\nNotes: medians over runs; steady round = median of rounds 2-10; start-up = launch"
             " to round 1 start + (round 1 - steady round); peak memory = peak sum of PSS over"
-            " the process tree. Phalanx's MLP has 11 outputs (its taxonomy; the workload's 5"
-            " classes map to benign/dos/recon/brute-force/exploit) against 5 in the reference,"
-            " so its model is 263,212 bytes instead of 260,116. Phalanx also runs a statistics"
-            " stage and standardizes the features (counted in its start-up)."
+            f" the process tree. {outputs} Phalanx also runs a statistics stage and standardizes"
+            " the features (counted in its start-up)."
         )
         by = {(r["system"], r["n"]): r for r in rows}
         print("\nGoals (Phalanx):")
@@ -641,6 +666,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=1, help="cold runs of each system and N")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2, help="Phalanx pool workers")
+    ap.add_argument(
+        "--phalanx-outputs",
+        type=int,
+        choices=(11, 5),
+        default=11,
+        help="Phalanx's MLP outputs: 11 (its taxonomy, the default) or 5 (accuracy check)",
+    )
     ap.add_argument("--skip-flower", action="store_true", help="plain loop and Phalanx only")
     ap.add_argument(
         "--skip-flower-n", type=int, nargs="*", default=[], help="no Flower run at these N"
@@ -662,7 +694,13 @@ def main() -> None:
     if args.phalanx_child:
         cache = str(Path(args.work).resolve() / "cache")
         phalanx_child(
-            args.phalanx_child, args.rounds, cache, args.child_out, args.workers, args.child_profile
+            args.phalanx_child,
+            args.rounds,
+            cache,
+            args.child_out,
+            args.workers,
+            args.child_profile,
+            args.phalanx_outputs,
         )
         return
     _one_thread()
