@@ -145,6 +145,8 @@ class Federation:
         self._rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 0x5A3]))
         self._pending: StageRequest | None = None
         self._fit_record: RoundRecord | None = None
+        # the transform's JSON form, built once per transform (every task carries it)
+        self._transform_dict: tuple[FeatureTransform | None, dict[str, Any]] = (None, {})
         if transform is not None:
             self.weights = init_weights(transform.n_features)
 
@@ -367,10 +369,12 @@ class Federation:
 
     def _task_config(self, pid: ParticipantId, round_id: int) -> dict[str, Any]:
         assert self.transform is not None  # only called after the statistics stage
+        if self._transform_dict[0] is not self.transform:
+            self._transform_dict = (self.transform, self.transform.to_dict())
         return {
             **self.plan.train_config,
             "seed": participant_seed(self.plan.seed, round_id, pid),
-            "transform": self.transform.to_dict(),
+            "transform": self._transform_dict[1],
         }
 
     def _check(self, pid: ParticipantId, reply: Reply, req: StageRequest) -> None:

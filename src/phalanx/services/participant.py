@@ -41,6 +41,7 @@ def category_indices(batch: FlowBatch) -> NDArray[np.int64]:
 
 @dataclass
 class _Prepared:
+    spec: dict[str, Any]
     transform_key: str
     x_train: NDArray[np.float32]
     y_train: NDArray[np.int64]
@@ -124,11 +125,14 @@ class Participant:
 
     def _prepare(self, config: dict[str, Any]) -> _Prepared:
         spec = config["transform"]
+        if self._prepared is not None and self._prepared.spec == spec:
+            return self._prepared
         key = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()
         if self._prepared is None or self._prepared.transform_key != key:
             transform = FeatureTransform.from_dict(spec)
             val = self.validation
             self._prepared = _Prepared(
+                spec=spec,
                 transform_key=key,
                 x_train=transform.transform(self.train),
                 y_train=category_indices(self.train),

@@ -189,7 +189,9 @@ def _ordered_sum(
     for weights, factor in zip(weights_list, factors, strict=True):
         h = hashlib.blake2b(repr(factor).encode(), digest_size=16)
         for w in weights:
-            h.update(np.ascontiguousarray(w, dtype=np.float64).tobytes())
+            arr = np.ascontiguousarray(w)
+            h.update(arr.dtype.str.encode())
+            h.update(arr.view(np.uint8).ravel().data)  # the raw bytes, no float64 copy
         keys.append(h.digest())
     order = sorted(range(len(weights_list)), key=keys.__getitem__)
     sums = [np.zeros(np.shape(w), dtype=np.float64) for w in weights_list[0]]
