@@ -238,3 +238,72 @@ def test_too_few_participants_is_retried_then_a_clear_failure(tmp_path: Path) ->
     finally:
         store.close()
     assert [(r.round, r.state) for r in rounds][-1] == (1, "failed")
+
+
+def _wait_until_serving(dep: Deployed) -> None:
+    import time
+
+    from phalanx.cli.common import connect
+    from phalanx.core.errors import PhalanxError
+
+    client = connect(f"127.0.0.1:{dep.port}", dep.root / "pki/admins/ops")
+    try:
+        for _ in range(150):
+            try:
+                client.status()
+                return
+            except PhalanxError:
+                time.sleep(0.2)
+    finally:
+        client.close()
+    raise AssertionError(f"coordinator never served:\n{dep.log('coordinator')}")
+
+
+def test_foreign_expired_and_missing_certificates_are_refused_and_audited(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from phalanx.adapters.grpc.client import CoordinatorClient
+    from phalanx.adapters.pki import init_ca, issue, load_identity
+    from phalanx.core.errors import PhalanxError
+
+    dep = Deployed(tmp_path, ["office"], rounds=1, port=free_port())
+    now = datetime.now(UTC)
+    issue(
+        tmp_path / "pki",
+        "participant",
+        "office",
+        out=tmp_path / "expired",
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    init_ca(tmp_path / "rogue", "e2e-fed")  # same federation name, another CA
+    issue(tmp_path / "rogue", "participant", "office")
+    ca = (tmp_path / "pki/ca.crt").read_bytes()
+    attempts = {
+        "expired": load_identity(tmp_path / "expired").read()[:2],
+        "foreign": load_identity(tmp_path / "rogue/participants/office").read()[:2],
+        "none": (None, None),
+    }
+    try:
+        dep.start_coordinator()
+        _wait_until_serving(dep)
+        for key, cert in attempts.values():
+            client = CoordinatorClient(
+                f"127.0.0.1:{dep.port}", ca_cert=ca, cert=cert, key=key, call_timeout_s=5.0
+            )
+            with pytest.raises(PhalanxError):
+                client.pull_task(wait_s=0.1)
+            client.close()
+        assert dep.procs["coordinator"].poll() is None  # still serving
+    finally:
+        dep.stop_all()
+    store = dep.store()
+    try:
+        reasons = " ".join(
+            json.dumps(e.detail) for e in store.audit_events(event="tls.handshake_refused")
+        ).lower()
+    finally:
+        store.close()
+    assert "expired" in reasons
+    assert "issuer" in reasons or "unknown ca" in reasons
+    assert "certificate" in reasons
