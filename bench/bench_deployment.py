@@ -210,48 +210,23 @@ class DeployBench(Bench):
 
     # -- the reference harness: plain2, deploy, deploy --tls -------------------------------------
     def flower_run(self, mode: str, n: int, rep: int) -> dict[str, Any]:
-        tls = mode == "deploy-tls"
-        env = os.environ.copy()
-        env.update(
-            FEDBENCH_WORK=str(self.work),
-            FEDBENCH_VENV=str(self.python_env),
-            FEDBENCH_RESULTS=str(self.out),
-        )
-        env.pop("VIRTUAL_ENV", None)
-        cmd = [
-            str(self.python_env / "bin" / "python"),
-            str(self.flower / "bench.py"),
+        """Flower's deployment (``mode`` is ``deploy`` or ``deploy-tls``) through the harness."""
+        r = self.reference(
             "deploy",
-            *(["--tls"] if tls else []),
-            "--n",
-            str(n),
-            "--reps",
-            "1",
-            "--rep0",
-            str(rep),
-            "--rounds",
-            str(self.args.rounds),
-            "--timeout",
-            str(self.args.flower_timeout),
-        ]
-        print(f"-- flower {mode} N={n} rep {rep}", flush=True)
-        proc = subprocess.run(cmd, env=env, cwd=self.flower, capture_output=True, text=True)
-        path = self.out / f"{mode}_n{n}_r{rep}.json"
-        if proc.returncode != 0 or not path.exists():
-            print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
-            return {"system": mode, "n": n, "rep": rep, "rc": proc.returncode or "no result"}
-        r = json.loads(path.read_text())
-        r.pop("server", None)
-        if r.get("rc") != 0:
+            n,
+            rep,
+            extra=("--tls",) if mode == "deploy-tls" else (),
+            timeout=self.args.flower_timeout,
+            label=mode,
+        )
+        if r.get("rc") not in (None, 0):
             return {"system": mode, "n": n, "rep": rep, "rc": r.get("rc")}
         lb = r.get("loopback_bytes") or {}
         if lb:
-            rounds = self.args.rounds
             r["bytes_per_round"] = (
                 sum(lb.get(k, {}).get("bytes", 0) for k in ("to_superlink", "from_superlink"))
-                / rounds
+                / self.args.rounds
             )
-        r.update(system=mode, n=n)
         return r
 
     # -- Phalanx --------------------------------------------------------------------------------

@@ -426,8 +426,22 @@ class Bench:
             sys.exit(f"Flower venv {self.venv} does not import flwr 1.42.0 and torch 2.13.0")
 
     # -- one run of each system ---------------------------------------------------------------
-    def reference(self, mode: str, n: int, rep: int) -> dict[str, Any]:
-        """One run of the reference harness (``bench.py plain|plain2|sim``)."""
+    def reference(
+        self,
+        mode: str,
+        n: int,
+        rep: int,
+        *,
+        extra: tuple[str, ...] = (),
+        timeout: float | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any]:
+        """One run of the reference harness (``bench.py plain|plain2|sim|deploy``).
+
+        ``extra`` are more ``bench.py`` arguments (e.g. ``--tls``); ``label`` names the result
+        (default: ``mode``).
+        """
+        label = label or mode
         env = os.environ.copy()
         env.update(
             FEDBENCH_WORK=str(self.work),
@@ -439,6 +453,7 @@ class Bench:
             str(self.python_env / "bin" / "python"),
             str(self.flower / "bench.py"),
             mode,
+            *extra,
             "--n",
             str(n),
             "--reps",
@@ -448,17 +463,17 @@ class Bench:
             "--rounds",
             str(self.args.rounds),
             "--timeout",
-            str(self.args.timeout),
+            str(timeout if timeout is not None else self.args.timeout),
         ]
-        print(f"-- {mode} N={n} rep {rep}", flush=True)
+        print(f"-- {label} N={n} rep {rep}", flush=True)
         proc = subprocess.run(cmd, env=env, cwd=self.flower, capture_output=True, text=True)
-        path = self.out / f"{mode}_n{n}_r{rep}.json"
+        path = self.out / f"{label}_n{n}_r{rep}.json"
         if proc.returncode != 0 or not path.exists():
             print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
-            return {"system": mode, "n": n, "rep": rep, "rc": proc.returncode or "no result"}
+            return {"system": label, "n": n, "rep": rep, "rc": proc.returncode or "no result"}
         r = json.loads(path.read_text())
         r.pop("server", None)
-        r.update(system=mode, n=n)
+        r.update(system=label, n=n)
         return r
 
     def phalanx(self, n: int, rep: int) -> dict[str, Any]:
