@@ -164,7 +164,7 @@ def write_report(
     lines += [
         "",
         "The binary decision flags a flow as an attack when the attack score (1 - P(benign))"
-        " is at least 0.5. Thresholds calibrated at target false-positive rates on benign"
+        " is above 0.5. Thresholds calibrated at target false-positive rates on benign"
         " validation flows are stored in the model: "
         + ", ".join(f"{k}: {v:.4f}" for k, v in summary["thresholds"].items()),
         "",

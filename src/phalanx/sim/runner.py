@@ -80,7 +80,7 @@ def class_probabilities(
 
     An autoencoder is a two-class detector: its anomaly score ``s`` and the threshold ``t``
     calibrated at ``target_fpr`` on benign validation flows give P(attack) = s / (s + t), put on
-    the fallback category ``other``; so P(attack) >= 0.5 exactly when the detector alerts.
+    the fallback category ``other``; so P(attack) > 0.5 exactly when the score exceeds ``t``.
     """
     if isinstance(model, MLPClassifier):
         return np.asarray(model.predict_proba(x), dtype=np.float64)
