@@ -176,3 +176,28 @@ def test_build_model_from_a_spec() -> None:
 def test_build_model_errors(spec: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_model(spec, 10)
+
+
+def test_reseeded_model_trains_exactly_like_a_fresh_one() -> None:
+    import numpy as np
+    import torch
+
+    from phalanx.models.federated import build_model, local_train
+
+    torch.set_num_threads(1)
+    spec = {"kind": "mlp", "hidden": [16], "dropout": 0.2, "lr": 0.01, "batch_size": 32}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)).astype(np.float32)
+    y = rng.integers(0, 3, size=200)
+    start = build_model(spec, 6, {"seed": 99}).get_weights()
+
+    fresh = build_model(spec, 6, {"seed": 7, "local_epochs": 2})
+    fresh.set_weights(start)
+    a = local_train(fresh, x, y, {"local_epochs": 2}, {})[0]
+
+    reused = build_model(spec, 6, {"seed": 3, "local_epochs": 2})
+    local_train(reused, x, y, {"local_epochs": 2}, {})  # some earlier task
+    reused.reseed(7).set_weights(start)
+    b = local_train(reused, x, y, {"local_epochs": 2}, {})[0]
+    for wa, wb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(wa, wb)

@@ -174,6 +174,19 @@ class TorchEstimator:
         self.n_seen_ = 0
         return self
 
+    def reseed(self, seed: int) -> Self:
+        """Take the random streams a fresh model of ``seed`` would train with, keeping the network.
+
+        For a model whose weights are about to be replaced (:meth:`set_weights`): training then
+        draws exactly what it would after ``initialize()`` with ``seed``, without the cost of
+        drawing initial weights that are thrown away.
+        """
+        self.seed = int(seed)
+        seeds = np.random.SeedSequence(int(self.seed)).generate_state(2)
+        self.rng_ = np.random.default_rng(int(seeds[1]))
+        self.n_seen_ = 0
+        return self
+
     def is_initialized(self) -> bool:
         """Whether the network exists (after :meth:`initialize`, ``fit`` or ``set_weights``)."""
         return hasattr(self, "net_")

@@ -9,6 +9,7 @@ middleware ``(task, call_next) -> Reply``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.metrics import evaluate
 from phalanx.core.taxonomy import CATEGORIES, CATEGORY_INDEX
 from phalanx.core.types import ParticipantId
-from phalanx.models.federated import build_model, local_train
+from phalanx.models.federated import Model, build_model, local_train
 from phalanx.models.mlp import MLPClassifier
 
 Handler = Callable[[Task], Reply]
@@ -78,6 +79,7 @@ class Participant:
         self.schema_hash = train.schema.hash()
         self._prepared: _Prepared | None = None
         self._algo_state: dict[str, list[NDArray[np.float32]]] = {}
+        self._models: dict[tuple[str, int, Any], Model] = {}
         handler: Handler = self._dispatch
         for mw in reversed(middleware):
             handler = _bind(mw, handler)
@@ -101,12 +103,26 @@ class Participant:
 
     def _fit(self, task: Task) -> Reply:
         prep = self._prepare(task.config)
-        model = build_model(task.config.get("model", {}), prep.x_train.shape[1], task.config)
+        model = self._model(task.config, prep.x_train.shape[1])
         model.set_weights(task.weights)
         weights, n, metrics, extras = local_train(
             model, prep.x_train, prep.y_train, task.config, task.extras, state=self._algo_state
         )
         return self._reply(task, arrays=weights, num_examples=n, metrics=metrics, extras=extras)
+
+    def _model(self, config: dict[str, Any], n_features: int) -> Model:
+        """The model for a task: built once, then reseeded for each task of the same shape."""
+        key = (
+            json.dumps(config.get("model", {}), sort_keys=True),
+            n_features,
+            config.get("local_epochs"),
+        )
+        cached = self._models.get(key)
+        if cached is None:
+            cached = build_model(config.get("model", {}), n_features, config)
+            self._models = {key: cached}
+            return cached
+        return cached.reseed(int(config.get("seed", 0)))
 
     def _evaluate(self, task: Task) -> Reply:
         prep = self._prepare(task.config)
