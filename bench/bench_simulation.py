@@ -148,7 +148,7 @@ def phalanx_child(
     from phalanx.core.types import ParticipantId
     from phalanx.models.federated import build_model
     from phalanx.services.coordinator import Coordinator
-    from phalanx.services.participant import Participant
+    from phalanx.services.participant import ModelCache, Participant
 
     phases = {"imported": time.time()}
     with np.load(W.data_cache_path(cache)) as npz:  # the workload's data (not its torch cache)
@@ -177,8 +177,9 @@ def phalanx_child(
     order = np.argsort(assign, kind="stable")  # each client's rows in their original order
     bounds = np.cumsum(np.bincount(assign, minlength=n))[:-1]
     ids = [ParticipantId(f"org-{i + 1:04d}") for i in range(n)]
+    models = ModelCache()  # as run_simulation does: one network per worker process
     participants = {
-        pid: Participant(pid, flows(x_tr[rows], y_tr[rows]))
+        pid: Participant(pid, flows(x_tr[rows], y_tr[rows]), models=models)
         for pid, rows in zip(ids, np.split(order, bounds), strict=True)
     }
     del x_tr, y_tr, x_te

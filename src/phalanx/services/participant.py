@@ -40,6 +40,30 @@ def category_indices(batch: FlowBatch) -> NDArray[np.int64]:
     return lookup(batch.category) if len(batch) else np.zeros(0, dtype=np.int64)
 
 
+class ModelCache:
+    """Model objects to train in, reused across tasks and participants of one process.
+
+    A task only needs a network of the right shape: its weights are replaced by the task's and
+    its random streams reseeded from the task's seed, so a reused model trains exactly like a
+    fresh one (tested) without drawing initial weights that would be thrown away. One cache per
+    process keeps memory flat however many participants a simulation hosts.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, int, Any], Model] = {}
+
+    def get(self, config: dict[str, Any], n_features: int) -> Model:
+        """A model for ``config`` (its ``model`` spec, ``local_epochs`` and ``seed``)."""
+        spec = config.get("model", {})
+        key = (json.dumps(spec, sort_keys=True), n_features, config.get("local_epochs"))
+        cached = self._models.get(key)
+        if cached is None:
+            cached = build_model(spec, n_features, config)
+            self._models = {key: cached}
+            return cached
+        return cached.reseed(int(config.get("seed", 0)))
+
+
 @dataclass
 class _Prepared:
     spec: dict[str, Any]
@@ -63,6 +87,8 @@ class Participant:
         Optional local validation flows for the ``EVALUATE`` stage.
     middleware:
         Wrappers around the task handler, outermost first.
+    models:
+        Where training models come from; participants of one simulation share one cache.
     """
 
     def __init__(
@@ -72,6 +98,7 @@ class Participant:
         *,
         validation: FlowBatch | None = None,
         middleware: Sequence[Middleware] = (),
+        models: ModelCache | None = None,
     ) -> None:
         self.participant_id = participant_id
         self.train = train
@@ -79,7 +106,7 @@ class Participant:
         self.schema_hash = train.schema.hash()
         self._prepared: _Prepared | None = None
         self._algo_state: dict[str, list[NDArray[np.float32]]] = {}
-        self._models: dict[tuple[str, int, Any], Model] = {}
+        self._models = models if models is not None else ModelCache()
         handler: Handler = self._dispatch
         for mw in reversed(middleware):
             handler = _bind(mw, handler)
@@ -103,26 +130,12 @@ class Participant:
 
     def _fit(self, task: Task) -> Reply:
         prep = self._prepare(task.config)
-        model = self._model(task.config, prep.x_train.shape[1])
+        model = self._models.get(task.config, prep.x_train.shape[1])
         model.set_weights(task.weights)
         weights, n, metrics, extras = local_train(
             model, prep.x_train, prep.y_train, task.config, task.extras, state=self._algo_state
         )
         return self._reply(task, arrays=weights, num_examples=n, metrics=metrics, extras=extras)
-
-    def _model(self, config: dict[str, Any], n_features: int) -> Model:
-        """The model for a task: built once, then reseeded for each task of the same shape."""
-        key = (
-            json.dumps(config.get("model", {}), sort_keys=True),
-            n_features,
-            config.get("local_epochs"),
-        )
-        cached = self._models.get(key)
-        if cached is None:
-            cached = build_model(config.get("model", {}), n_features, config)
-            self._models = {key: cached}
-            return cached
-        return cached.reseed(int(config.get("seed", 0)))
 
     def _evaluate(self, task: Task) -> Reply:
         prep = self._prepare(task.config)

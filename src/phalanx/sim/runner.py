@@ -33,7 +33,7 @@ from phalanx.models.federated import Model, build_model
 from phalanx.models.mlp import MLPClassifier
 from phalanx.ports import Transport
 from phalanx.services.coordinator import Coordinator
-from phalanx.services.participant import Participant, category_indices
+from phalanx.services.participant import ModelCache, Participant, category_indices
 from phalanx.sim.config import SimConfig
 from phalanx.sim.data import SimData, prepare
 
@@ -113,7 +113,11 @@ def run_simulation(
     t_start = time.perf_counter()
     data = data if data is not None else prepare(cfg)
     ids = [ParticipantId(f"org-{i + 1:02d}") for i in range(len(data.parts))]
-    participants = {pid: Participant(pid, part) for pid, part in zip(ids, data.parts, strict=True)}
+    models = ModelCache()  # one per process: a worker reuses one network for its participants
+    participants = {
+        pid: Participant(pid, part, models=models)
+        for pid, part in zip(ids, data.parts, strict=True)
+    }
     transport: Transport
     if cfg.workers > 1 and len(ids) > 1:
         transport = ProcessPoolTransport(
