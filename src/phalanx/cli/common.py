@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -39,12 +39,6 @@ def user_errors() -> Iterator[None]:
     except PhalanxError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Call ``fn`` with :func:`user_errors` around it."""
-    with user_errors():
-        return fn()
 
 
 def connect(coordinator: str, identity: Path) -> CoordinatorClient:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +193,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}"
-
-
-def summary_json(summary: dict[str, Any]) -> str:
-    """The summary as JSON (used by tests)."""
-    return json.dumps(summary)
