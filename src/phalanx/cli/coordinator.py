@@ -24,7 +24,12 @@ from rich.table import Table
 
 from phalanx.adapters.grpc.server import CoordinatorServer
 from phalanx.adapters.pki import TrustRoot, load_identity
-from phalanx.adapters.store import SqliteStore, latest_checkpoint, load_checkpoint, save_checkpoint
+from phalanx.adapters.store import (
+    SqliteStore,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from phalanx.cli.common import connect, setup_runtime, user_errors
 from phalanx.cli.config import FederationConfig, load_config
 from phalanx.core.aggregation import make_algorithm
@@ -120,24 +125,25 @@ class CoordinatorHost:
         return ident.name
 
     def _resume(self) -> None:
+        """Continue from the checkpoint of the last round the store recorded as completed.
+
+        The store is the record: a checkpoint written just before a crash, for a round the store
+        never completed, is ignored and that round is run again (no round counted twice).
+        """
         done = self.store.last_completed_round()
-        path = latest_checkpoint(self.checkpoints)
-        if path is None:
-            if done:
-                raise ConfigError(
-                    f"the store says round {done} completed but {self.checkpoints} holds no"
-                    " checkpoint",
-                    hint="restore the state directory from backup, or start a new one",
-                )
+        if done == 0:
             return
-        round_id, arrays, meta = load_checkpoint(path)
-        if round_id != done:
-            log.warning(
-                "checkpoint round %d, store round %d: resuming at %d", round_id, done, round_id
+        path = dict(list_checkpoints(self.checkpoints)).get(done)
+        if path is None:
+            raise ConfigError(
+                f"the store says round {done} completed but {self.checkpoints} holds no"
+                " checkpoint of it",
+                hint="restore the state directory from backup, or start a new one",
             )
+        _, arrays, meta = load_checkpoint(path)
         self.federation.restore(meta["federation"], arrays)
-        self._publish(round_id)
-        self.store.audit("coordinator.resumed", "coordinator", round=round_id, checkpoint=str(path))
+        self._publish(done)
+        self.store.audit("coordinator.resumed", "coordinator", round=done, checkpoint=str(path))
 
     def _publish(self, round_id: int) -> tuple[Path, str]:
         fed = self.federation

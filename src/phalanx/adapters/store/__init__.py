@@ -3,6 +3,7 @@
 from phalanx.adapters.store.checkpoints import (
     CheckpointError,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "SqliteStore",
     "StoreError",
     "latest_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
 ]
