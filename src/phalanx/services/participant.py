@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
@@ -35,9 +36,27 @@ log = logging.getLogger("phalanx.participant")
 
 
 def category_indices(batch: FlowBatch) -> NDArray[np.int64]:
-    """Class indices of a batch's taxonomy categories."""
-    lookup = np.vectorize(CATEGORY_INDEX.__getitem__, otypes=[np.int64])
-    return lookup(batch.category) if len(batch) else np.zeros(0, dtype=np.int64)
+    """Class indices of a batch's taxonomy categories.
+
+    Raises
+    ------
+    ConfigError
+        When some flows carry no taxonomy category (an unlabelled file): a classifier cannot
+        train or be scored on them.
+    """
+    if not len(batch):
+        return np.zeros(0, dtype=np.int64)
+    values, inverse = np.unique(batch.category.astype(str), return_inverse=True)
+    unknown = [v for v in values.tolist() if v not in CATEGORY_INDEX]
+    if unknown:
+        raise ConfigError(
+            f"{int(np.isin(values[inverse], unknown).sum())} flows of schema"
+            f" {batch.schema.source!r} have no taxonomy category (found {unknown[:5]});"
+            f" expected one of {', '.join(CATEGORIES)}",
+            hint="train the classifier on labelled flows, or use the autoencoder model",
+        )
+    table = np.array([CATEGORY_INDEX[v] for v in values.tolist()], dtype=np.int64)
+    return table[inverse]
 
 
 class ModelCache:
@@ -69,7 +88,8 @@ class _Prepared:
     spec: dict[str, Any]
     transform_key: str
     x_train: NDArray[np.float32]
-    y_train: NDArray[np.int64]
+    y_train: NDArray[np.int64] | None
+    """``None`` for unlabelled flows (an autoencoder then treats every flow as benign)."""
     x_val: NDArray[np.float32] | None
     y_val: NDArray[np.int64] | None
 
@@ -164,7 +184,7 @@ class Participant:
                 spec=spec,
                 transform_key=key,
                 x_train=transform.transform(self.train),
-                y_train=category_indices(self.train),
+                y_train=_labels_or_none(self.train),
                 x_val=transform.transform(val) if val is not None else None,
                 y_val=category_indices(val) if val is not None else None,
             )
@@ -178,6 +198,13 @@ class Participant:
             schema_hash=self.schema_hash,
             **kw,
         )
+
+
+def _labels_or_none(batch: FlowBatch) -> NDArray[np.int64] | None:
+    """Class indices, or ``None`` when no flow is labelled (a classifier then refuses the task)."""
+    if len(batch) and not np.isin(batch.category.astype(str), CATEGORIES).any():
+        return None
+    return category_indices(batch)
 
 
 def _bind(mw: Middleware, nxt: Handler) -> Handler:
