@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_simulation import Bench, _busy_cpu_s, _read, _tree, derive
+from bench_simulation import Bench, TreeSampler, _busy_cpu_s, _read, derive
 
 HERE = Path(__file__).resolve().parent
 MODEL_TOML = (
@@ -75,43 +75,6 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
                 return True
         time.sleep(0.05)
     return False
-
-
-class ForestSampler(threading.Thread):
-    """Peak sum of PSS / RSS over the process trees of several roots (every ``interval`` s)."""
-
-    def __init__(self, interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.roots: list[int] = []
-        self.interval = interval
-        self.stop_ev = threading.Event()
-        self.peak_pss = self.peak_rss = self.peak_nproc = 0
-
-    def sample(self) -> None:
-        pids = {p for r in list(self.roots) for p in _tree(r)}
-        pss = rss = 0
-        for p in pids:
-            m = re.search(r"^Pss:\s+(\d+) kB", _read(f"/proc/{p}/smaps_rollup") or "", re.M)
-            pss += int(m.group(1)) * 1024 if m else 0
-            stm = _read(f"/proc/{p}/statm")
-            rss += int(stm.split()[1]) * os.sysconf("SC_PAGE_SIZE") if stm else 0
-        self.peak_pss = max(self.peak_pss, pss)
-        self.peak_rss = max(self.peak_rss, rss)
-        self.peak_nproc = max(self.peak_nproc, len(pids))
-
-    def run(self) -> None:
-        while not self.stop_ev.is_set():
-            self.sample()
-            self.stop_ev.wait(self.interval)
-
-    def stop(self) -> dict[str, float]:
-        self.stop_ev.set()
-        self.join()
-        return {
-            "peak_pss_mb": self.peak_pss / 2**20,
-            "peak_rss_sum_mb": self.peak_rss / 2**20,
-            "peak_nproc": self.peak_nproc,
-        }
 
 
 _SS_ADDR = re.compile(r"^\S+\s+\S+\s+(\S+):(\d+)\s+(\S+):(\d+)")
@@ -280,7 +243,7 @@ class DeployBench(Bench):
         marks = root / "marks.json"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         print(f"-- phalanx deploy N={n} rep {rep} (port {port})", flush=True)
-        sampler, wire = ForestSampler(), WireCounter(port)
+        sampler, wire = TreeSampler(), WireCounter(port)
         procs: list[subprocess.Popen[bytes]] = []
         busy0 = _busy_cpu_s()
         t_launch = time.time()

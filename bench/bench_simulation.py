@@ -300,17 +300,20 @@ def _tree(root: int) -> list[int]:
 
 
 class TreeSampler(threading.Thread):
-    """Peak sum of PSS and of RSS over a process tree, sampled every ``interval`` seconds."""
+    """Peak sum of PSS and of RSS over the process trees of ``roots`` (every ``interval`` s).
 
-    def __init__(self, root: int, interval: float = 0.25) -> None:
+    More roots may be appended to :attr:`roots` while it runs (a federation starting up).
+    """
+
+    def __init__(self, *roots: int, interval: float = 0.25) -> None:
         super().__init__(daemon=True)
-        self.root, self.interval = root, interval
+        self.roots, self.interval = list(roots), interval
         self.stop_ev = threading.Event()
         self.peak_pss = self.peak_rss = self.peak_nproc = 0
 
     def sample(self) -> None:
         pss = rss = 0
-        pids = _tree(self.root)
+        pids = {p for r in list(self.roots) for p in _tree(r)}
         for p in pids:
             sm = _read(f"/proc/{p}/smaps_rollup")
             m = re.search(r"^Pss:\s+(\d+) kB", sm or "", re.M)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from phalanx.core.errors import PhalanxError
 
@@ -41,10 +42,24 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def connect(coordinator: str, identity: Path) -> CoordinatorClient:
+def connect(coordinator: str, identity: Path, *, call_timeout_s: float = 60.0) -> CoordinatorClient:
     """A mutual-TLS client to ``coordinator`` with the identity folder ``identity``."""
     from phalanx.adapters.grpc.client import CoordinatorClient
     from phalanx.adapters.pki import load_identity
 
     key, cert, ca = load_identity(identity).read()
-    return CoordinatorClient(coordinator, ca_cert=ca, cert=cert, key=key)
+    return CoordinatorClient(
+        coordinator, ca_cert=ca, cert=cert, key=key, call_timeout_s=call_timeout_s
+    )
+
+
+def round_progress(console: Console) -> Progress:
+    """The progress bar of a federation's rounds, with a free-text ``status`` field."""
+    return Progress(
+        TextColumn("[bold]federation"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )

@@ -21,23 +21,20 @@ from typing import Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from phalanx.adapters.grpc.client import CoordinatorClient
-from phalanx.adapters.pki import init_ca, issue, load_identity
+from phalanx.adapters.pki import init_ca, issue
 from phalanx.adapters.store import SqliteStore
-from phalanx.cli.common import setup_runtime, user_errors
+from phalanx.cli.common import connect, round_progress, setup_runtime, user_errors
 from phalanx.core.errors import ConfigError, PhalanxError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.taxonomy import BENIGN, CATEGORIES
-from phalanx.data.partition import category_matrix
 from phalanx.data.synthetic import PROFILES, generate
 from phalanx.models.bundle import load_model, pack_bundle, unpack_bundle
 from phalanx.models.mlp import MLPClassifier
 from phalanx.sim.config import SimConfig
-from phalanx.sim.data import SimData, stratified_split
+from phalanx.sim.data import SimData, parts_category_matrix, stratified_split
 from phalanx.sim.report import write_report
 from phalanx.sim.runner import (
     calibrate,
@@ -154,19 +151,9 @@ def _run_demo(n: int, rounds: int, out: Path, flows: int, epochs: int, seed: int
 def _follow(
     port: int, pki: Path, rounds: int, procs: list[subprocess.Popen[bytes]], logs: Path
 ) -> None:
-    key, cert, ca = load_identity(pki / "admins" / "demo-admin").read()
-    client = CoordinatorClient(
-        f"127.0.0.1:{port}", ca_cert=ca, cert=cert, key=key, call_timeout_s=5.0
-    )
+    client = connect(f"127.0.0.1:{port}", pki / "admins" / "demo-admin", call_timeout_s=5.0)
     try:
-        with Progress(
-            TextColumn("[bold]federation"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
+        with round_progress(console) as bar:
             task = bar.add_task("rounds", total=rounds, status="starting")
             while procs[0].poll() is None:
                 try:
@@ -227,11 +214,7 @@ def _write_run(
     test = FlowBatch.concat(
         [_org_data(org, max(1000, flows // 4), seed + 1000 + i) for i, org in enumerate(orgs)]
     )
-    labels = np.concatenate([p.category for p in parts])
-    offsets = np.cumsum([0] + [len(p) for p in parts])
-    matrix = category_matrix(
-        labels, [np.arange(offsets[i], offsets[i + 1]) for i in range(len(parts))]
-    )
+    matrix = parts_category_matrix(parts)
     data = SimData(parts, FlowBatch.concat(vals), test, "synthetic traffic (demo)", matrix)
     arrays = scoring_arrays(cfg, transform, data)
     history = _history(work, cfg, arrays)

@@ -8,10 +8,9 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from phalanx.cli.common import setup_runtime, user_errors
+from phalanx.cli.common import round_progress, setup_runtime, user_errors
 from phalanx.core.errors import ConfigError
 from phalanx.sim.config import ALGORITHMS, ModelSpec, SimConfig
 
@@ -105,14 +104,7 @@ def simulate(
             raise ConfigError(_pydantic_message(exc)) from None
         from phalanx.sim.runner import run_simulation, write_run
 
-        with Progress(
-            TextColumn("[bold]federation"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
+        with round_progress(console) as bar:
             task = bar.add_task("rounds", total=cfg.rounds, status="preparing data")
 
             def progress(line: dict[str, Any]) -> None:

@@ -70,7 +70,7 @@ def prepare(cfg: SimConfig) -> SimData:
                 parts.append(org.take(keep))
                 vals.append(org.take(held))
             validation = FlowBatch.concat(vals)
-            return SimData(parts, validation, test, source, _matrix(parts))
+            return SimData(parts, validation, test, source, parts_category_matrix(parts))
         pooled = FlowBatch.concat(orgs)
     else:
         if cfg.partition == "natural":
@@ -102,10 +102,11 @@ def prepare(cfg: SimConfig) -> SimData:
     partitioner = parse_partition(spec)
     indices = partitioner(train.category, cfg.participants, part_rng)
     parts = [train.take(np.asarray(ix)) for ix in indices]
-    return SimData(parts, validation, test, source, _matrix(parts))
+    return SimData(parts, validation, test, source, parts_category_matrix(parts))
 
 
-def _matrix(parts: list[FlowBatch]) -> NDArray[np.int64]:
+def parts_category_matrix(parts: list[FlowBatch]) -> NDArray[np.int64]:
+    """Rows per participant (rows) and taxonomy category (columns)."""
     labels = np.concatenate([p.category for p in parts])
     offsets = np.cumsum([0] + [len(p) for p in parts])
     idx = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(parts))]
