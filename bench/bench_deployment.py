@@ -236,7 +236,9 @@ class DeployBench(Bench):
             f'[federation]\nname = "{FED}"\n\n[data]\nschema = "fedbench-122"\n\n'
             f"[model]\n{MODEL_TOML}\n"
             f'[training]\nalgorithm = "fedavg"\nrounds = {self.args.rounds}\nlocal_epochs = 1\n'
-            f"seed = 0\n\n[participants]\nenrolled = {json.dumps(orgs)}\nmin = {n}\n\n"
+            # plaintext, like the Flower reference; bench_secagg.py measures what SecAgg+ adds
+            f"seed = 0\nsecure_aggregation = false\n\n"
+            f"[participants]\nenrolled = {json.dumps(orgs)}\nmin = {n}\n\n"
             f"[rounds]\ndeadline_s = {self.args.timeout}\nmax_retries = 0\nlinger_s = 0.5\n\n"
             f'[server]\nlisten = "127.0.0.1:{port}"\n\n[state]\ndir = "state"\n'
         )

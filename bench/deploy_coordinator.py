@@ -94,7 +94,8 @@ def main() -> None:
             print(f"[phalanx-deploy] round={rnd} acc={self.marks[-1]['accuracy']:.4f}", flush=True)
 
         def on_stage(self, req: StageRequest) -> None:
-            if req.stage is Stage.FIT and not self.marks:
+            first = req.stage is Stage.FIT or (req.stage is Stage.SECAGG_ADVERTISE and req.round)
+            if first and not self.marks:
                 self.central_eval(0)  # the initial weights exist once the STATS stage is done
             super().on_stage(req)
 

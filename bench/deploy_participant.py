@@ -87,7 +87,11 @@ def main() -> None:
     name = identity_from_pem(cert).name
     with np.load(a.data) as npz:
         batch = to_flows(npz["x"], npz["y"])
-    participant = Participant(ParticipantId(name), batch, middleware=[log_sent])
+    from phalanx.cli.participant import secure_middleware
+
+    # the secure-aggregation stages are answered only when the coordinator runs them
+    secure = secure_middleware(a.identity, name, key, cert, None)
+    participant = Participant(ParticipantId(name), batch, middleware=[log_sent, secure])
     print(
         f"{name}: {len(batch):,} flows, schema {batch.schema.hash()[:12]}, ready after"
         f" {time.time() - t0:.2f} s; connecting to {a.coordinator}",

@@ -28,7 +28,7 @@ def _config(root: Path, rounds: int) -> Path:
     path = root / "federation.toml"
     path.write_text(
         '[federation]\nname = "resume-fed"\n\n[model]\nhidden = [16]\n\n'
-        f"[training]\nrounds = {rounds}\nseed = 2\n\n"
+        f"[training]\nrounds = {rounds}\nseed = 2\nsecure_aggregation = false\n\n"
         f"[participants]\nenrolled = {json.dumps(ORGS)}\nmin = 2\n"
     )
     return path

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from phalanx.core.aggregation import make_algorithm
-from phalanx.core.errors import ConfigError, RoundError
+from phalanx.core.errors import ConfigError, RoundError, SecAggError
 from phalanx.core.features.stats import compute_stats, merge_all
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Reply, Stage
-from phalanx.core.rounds import Federation, FederationPlan, participant_seed
+from phalanx.core.rounds import Federation, FederationPlan, RoundRecord, participant_seed
 from phalanx.core.types import ParticipantId
 from phalanx.data.synthetic import generate_federation
 
@@ -130,3 +130,169 @@ def test_plan_is_validated() -> None:
         FederationPlan(rounds=1, fraction=0.0)
     with pytest.raises(ConfigError, match="rounds"):
         FederationPlan(rounds=0)
+
+
+# -- secure aggregation -------------------------------------------------------------------------
+
+S = [ParticipantId(f"org-{i}") for i in range(7)]
+
+
+def _secure_fed(**settings: object) -> Federation:
+    from phalanx.adapters.crypto import CryptographyBackend
+    from phalanx.core.secagg.params import SecAggSettings
+
+    schema = generate_federation(1, 200, seed=1)[0].schema
+    return Federation(
+        FederationPlan(
+            rounds=2,
+            secure_aggregation=True,
+            secagg=SecAggSettings(**settings),  # type: ignore[arg-type]
+        ),
+        schema,
+        make_algorithm("fedavg"),
+        _init,
+        crypto=CryptographyBackend(),
+    )
+
+
+def _secure_handlers(
+    fed: Federation, values: dict[ParticipantId, float], examples: dict[ParticipantId, int]
+) -> dict[ParticipantId, object]:
+    """Participants whose 'training' returns the global weights plus a constant, behind the real
+    secure-aggregation middleware."""
+    from phalanx.adapters.crypto import CryptographyBackend, simulation_identities
+    from phalanx.services.secure import SecureAggregation
+
+    signers, verifier = simulation_identities(list(values))
+    crypto = CryptographyBackend()
+    orgs = generate_federation(1, 300, seed=7)
+
+    def inner(pid: ParticipantId):  # type: ignore[no-untyped-def]
+        def handle(task):  # type: ignore[no-untyped-def]
+            if task.stage is Stage.STATS:
+                vec = compute_stats(orgs[0]).to_vector()
+                return Reply(pid, task.round, task.stage, fed.schema_hash, [vec], 300)
+            arrays = [w + values[pid] for w in task.weights]
+            return Reply(pid, task.round, task.stage, fed.schema_hash, arrays, examples[pid],
+                         metrics={"loss": values[pid]})  # fmt: skip
+
+        return handle
+
+    out = {}
+    for pid in values:
+        mw = SecureAggregation(pid, crypto, signers[pid], verifier)
+        out[pid] = (lambda m, h: lambda task: m(task, h))(mw, inner(pid))
+    return out
+
+
+def _drive(
+    fed: Federation, handlers: dict[ParticipantId, object], drop: dict[Stage, set[ParticipantId]]
+) -> object:
+    while True:
+        req = fed.next_stage(list(handlers))
+        assert req is not None
+        replies = {
+            p: handlers[p](t)  # type: ignore[operator]
+            for p, t in req.tasks.items()
+            if p not in drop.get(req.stage, set())
+        }
+        record = fed.complete_stage(replies)
+        if record is not None or (req.stage is Stage.SECAGG_UNMASK and req.round == 0):
+            return record
+
+
+def test_secure_rounds_equal_the_plain_weighted_mean_within_quantization() -> None:
+    fed = _secure_fed(weight_cap=1000)
+    values = {p: 0.1 * i for i, p in enumerate(S)}
+    examples = {p: 100 * (i + 1) for i, p in enumerate(S)}
+    handlers = _secure_handlers(fed, values, examples)
+    assert _drive(fed, handlers, {}) is None  # the statistics round
+    assert fed.transform is not None
+    record = _drive(fed, handlers, {})
+    assert isinstance(record, RoundRecord) and record.participants == tuple(S)
+    expected = sum(values[p] * examples[p] for p in S) / sum(examples.values())
+    np.testing.assert_allclose(fed.weights[0], expected, atol=1e-5)
+    assert record.num_examples == sum(examples.values())
+    assert record.train_metrics["loss"] == pytest.approx(np.mean(list(values.values())))
+
+
+def test_secure_round_recovers_a_dropout_after_masked_input_and_before_it() -> None:
+    fed = _secure_fed(weight_cap=100)
+    values = {p: 0.05 * i for i, p in enumerate(S)}  # deltas well inside the clipping bound
+    handlers = _secure_handlers(fed, values, {p: 100 for p in S})
+    _drive(fed, handlers, {})
+    # S[1] vanishes after sending its masked input: its input is in the sum
+    record = _drive(fed, handlers, {Stage.SECAGG_UNMASK: {S[1]}})
+    assert isinstance(record, RoundRecord) and S[1] in record.participants
+    np.testing.assert_allclose(fed.weights[0], np.mean(list(values.values())), atol=1e-5)
+    # S[2] vanishes after sharing keys: the others' sum, its pairwise masks removed
+    before = fed.weights[0].copy()
+    record = _drive(fed, handlers, {Stage.SECAGG_MASKED: {S[2]}})
+    assert isinstance(record, RoundRecord) and S[2] not in record.participants
+    others = [values[p] for p in S if p != S[2]]
+    np.testing.assert_allclose(fed.weights[0], before + np.mean(others), atol=1e-5)
+
+
+def test_buckets_give_one_pseudo_update_each_to_the_algorithm() -> None:
+    fed = _secure_fed(bucket_size=3, weight_cap=100)
+    seen: list[list[object]] = []
+    aggregate = fed.algorithm.aggregate
+
+    def spy(global_weights, updates):  # type: ignore[no-untyped-def]
+        seen.append(list(updates))
+        return aggregate(global_weights, updates)
+
+    fed.algorithm.aggregate = spy  # type: ignore[method-assign]
+    values = {p: 0.05 * i for i, p in enumerate(S)}
+    handlers = _secure_handlers(fed, values, {p: 50 for p in S})
+    _drive(fed, handlers, {})
+    record = _drive(fed, handlers, {})
+    assert isinstance(record, RoundRecord)
+    (updates,) = seen
+    assert len(updates) == 2  # 7 participants in buckets of at least 3
+    assert sum(u.num_examples for u in updates) == 350
+    assert all(u.participant.startswith("bucket-") for u in updates)
+    np.testing.assert_allclose(fed.weights[0], np.mean(list(values.values())), atol=1e-5)
+
+
+def test_too_many_dropouts_fail_the_round_which_is_then_retried_from_scratch() -> None:
+    fed = _secure_fed()
+    handlers = _secure_handlers(fed, {p: 1.0 for p in S[:4]}, {p: 10 for p in S[:4]})
+    with pytest.raises(SecAggError, match="failed in every bucket"):
+        _drive(fed, handlers, {Stage.SECAGG_UNMASK: {S[0], S[1]}, Stage.STATS: set()})
+    req = fed.next_stage(list(handlers))
+    assert req is not None and req.stage is Stage.SECAGG_ADVERTISE and req.round == 0
+
+
+def test_secure_configuration_is_checked() -> None:
+    from phalanx.core.secagg.params import SecAggSettings
+
+    schema = generate_federation(1, 200, seed=1)[0].schema
+    plan = FederationPlan(rounds=1, secure_aggregation=True)
+    with pytest.raises(ConfigError, match="crypto"):
+        Federation(plan, schema, make_algorithm("fedavg"), _init)
+    with pytest.raises(ConfigError, match="SCAFFOLD"):
+        Federation(plan, schema, make_algorithm("scaffold"), _init, crypto=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="min_members"):
+        SecAggSettings(min_members=1)
+    fed = _secure_fed()
+    with pytest.raises(RoundError, match="at least 3 participants"):
+        fed.next_stage(S[:2])
+    fed = _secure_fed(scale=2.0**30)
+    _drive(fed, _secure_handlers(fed, {p: 1.0 for p in S}, {p: 1 for p in S}), {})
+    with pytest.raises(ConfigError, match="overflow"):
+        fed.next_stage(S)
+
+
+def test_suspicion_scores_are_recorded_and_survive_a_snapshot() -> None:
+    fed = _fed()
+    _skip_stats(fed)
+    req = fed.next_stage(P)
+    assert req is not None
+    fed.algorithm.report = lambda: {P[0]: {"distance": 2.5}}  # type: ignore[attr-defined]
+    record = fed.complete_stage({p: _fit_reply(1, p, fed, 1.0) for p in req.tasks})
+    assert record is not None and record.suspicion == {P[0]: {"distance": 2.5}}
+    meta, arrays = fed.snapshot()
+    other = _fed()
+    other.restore(meta, arrays)
+    assert other.history[0].suspicion == {P[0]: {"distance": 2.5}}

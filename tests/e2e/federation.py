@@ -35,6 +35,7 @@ class Federation:
     flows: int = 1500
     minimum: int = 0
     deadline_s: float = 60.0
+    secure: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,7 +49,8 @@ class Federation:
             f'[federation]\nname = "{FED}"\n\n[data]\nschema = "netflow-v2"\n\n'
             f"[model]\n{SPEC_TOML}\n"
             f'[training]\nalgorithm = "fedavg"\nrounds = {self.rounds}\nlocal_epochs = 1\n'
-            f"seed = 3\n\n[participants]\nenrolled = {json.dumps(self.orgs)}\n"
+            f"seed = 3\nsecure_aggregation = {str(self.secure).lower()}\n\n"
+            f"[participants]\nenrolled = {json.dumps(self.orgs)}\n"
             f'admins = ["ops"]\nmin = {self.minimum or len(self.orgs)}\n\n'
             f"[rounds]\ndeadline_s = {self.deadline_s}\nmax_retries = 5\nlinger_s = 1\n\n"
             f'[server]\nlisten = "127.0.0.1:{self.port}"\n\n[state]\ndir = "state"\n'
@@ -59,9 +61,10 @@ class Federation:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        module = "tests.e2e.dying_participant" if args[0] == "--die-at" else "phalanx"
         with (self.root / f"{name}.log").open("ab") as log:  # the child keeps its own copy
             proc = subprocess.Popen(
-                [sys.executable, "-m", "phalanx", *args],
+                [sys.executable, "-m", module, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -75,14 +78,18 @@ class Federation:
             ["coordinator", "serve", "--config", str(self.root / "federation.toml")],
         )
 
-    def start_participant(self, i: int, identity: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_participant(
+        self, i: int, identity: Path | None = None, *, die_at: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start participant ``i``; with ``die_at``, it SIGKILLs itself on receiving that stage
+        of round 1 (``tests/e2e/dying_participant.py``)."""
         org = self.orgs[i]
         ident = identity or self.root / "pki" / "participants" / org
+        head = ["participant", "join"] if die_at is None else ["--die-at", die_at]
         return self._spawn(
             org,
             [
-                "participant",
-                "join",
+                *head,
                 "--coordinator",
                 f"127.0.0.1:{self.port}",
                 "--identity",
@@ -117,6 +124,14 @@ class Federation:
         raise AssertionError(
             f"only rounds {self.completed_rounds()} after {timeout_s} s\n{self.log('coordinator')}"
         )
+
+    def wait_log(self, name: str, text: str, timeout_s: float) -> None:
+        """Wait until process ``name`` has written ``text`` to its log."""
+        end = time.monotonic() + timeout_s
+        while text not in self.log(name):
+            if time.monotonic() > end:
+                raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)}")
+            time.sleep(0.2)
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

@@ -6,20 +6,24 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from phalanx.adapters.crypto import CryptographyBackend, simulation_identities
 from phalanx.adapters.inproc import InProcessTransport
 from phalanx.cli.participant import load_local_data
 from phalanx.core.aggregation import make_algorithm
 from phalanx.core.rounds import Federation, FederationPlan
+from phalanx.core.secagg.params import SecAggSettings
 from phalanx.core.types import ParticipantId
 from phalanx.models.bundle import load_model
 from phalanx.models.federated import build_model
 from phalanx.services.coordinator import Coordinator
 from phalanx.services.participant import Participant
+from phalanx.services.secure import SecureAggregation
 from tests.e2e.federation import Federation as Deployed
 from tests.e2e.federation import free_port
 
@@ -34,27 +38,36 @@ SPEC = {
 }
 
 
-def _simulate(dep: Deployed) -> list[np.ndarray]:
-    """The same federation, same seed, over the in-process transport."""
+def _simulate(dep: Deployed, wrap: Any = None) -> list[np.ndarray]:
+    """The same federation, same seed, over the in-process transport (secure aggregation as the
+    deployment has it, with throwaway simulation identities); ``wrap`` may wrap the transport."""
+    ids = [ParticipantId(org) for org in dep.orgs]
+    signers, verifier = simulation_identities(ids)
+    crypto = CryptographyBackend()
     parts = {
-        ParticipantId(org): Participant(
-            ParticipantId(org), load_local_data(dep.data_spec(i), "auto")
+        pid: Participant(
+            pid,
+            load_local_data(dep.data_spec(i), "auto"),
+            middleware=[SecureAggregation(pid, crypto, signers[pid], verifier)],
         )
-        for i, org in enumerate(dep.orgs)
+        for i, pid in enumerate(ids)
     }
     first = next(iter(parts.values()))
     plan = FederationPlan(
         rounds=dep.rounds,
-        min_participants=len(dep.orgs),
+        min_participants=dep.minimum or len(dep.orgs),
         seed=3,
         train_config={"model": SPEC, "local_epochs": 1},
+        secure_aggregation=dep.secure,
+        secagg=SecAggSettings(min_members=min(3, len(ids))),
     )
 
     def init(n: int) -> list[np.ndarray]:
         return build_model(SPEC, n, {"seed": 3}).get_weights()
 
-    fed = Federation(plan, first.train.schema, make_algorithm("fedavg"), init)
-    Coordinator(fed, InProcessTransport({p: h.handle for p, h in parts.items()})).run()
+    fed = Federation(plan, first.train.schema, make_algorithm("fedavg"), init, crypto=crypto)
+    transport = InProcessTransport({p: h.handle for p, h in parts.items()})
+    Coordinator(fed, wrap(transport) if wrap is not None else transport).run()
     return fed.weights
 
 
@@ -128,6 +141,7 @@ def test_a_participant_killed_mid_federation_does_not_stop_it(tmp_path: Path) ->
         minimum=2,
         deadline_s=8.0,
         flows=30_000,
+        secure=False,  # two survivors: below secure aggregation's three-member minimum
     )
     try:
         dep.start_coordinator()
@@ -151,7 +165,10 @@ def test_a_participant_killed_mid_federation_does_not_stop_it(tmp_path: Path) ->
 def test_a_revoked_participant_is_refused_and_audited(tmp_path: Path) -> None:
     from phalanx.adapters.pki import revoke
 
-    dep = Deployed(tmp_path, ["office", "bank"], rounds=1, port=free_port(), minimum=1)
+    # one participant left: secure aggregation would (rightly) refuse a sum over one member
+    dep = Deployed(
+        tmp_path, ["office", "bank"], rounds=1, port=free_port(), minimum=1, secure=False
+    )
     revoke(
         tmp_path / "pki", cert=tmp_path / "pki/participants/bank/cert.pem", reason="key_compromise"
     )
@@ -231,7 +248,10 @@ def test_too_few_participants_is_retried_then_a_clear_failure(tmp_path: Path) ->
     finally:
         dep.stop_all()
     log = dep.log("coordinator")
-    assert "usable replies" in log or "no participant" in log
+    assert any(
+        why in log
+        for why in ("usable replies", "no participant", "secure aggregation needs at least 2")
+    )
     store = dep.store()
     try:
         rounds = store.rounds()

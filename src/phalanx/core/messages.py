@@ -38,13 +38,28 @@ class Stage(StrEnum):
     """Stages a round moves through.
 
     Federated feature statistics run as the ``STATS`` stage before the first training round;
-    ``FIT`` is local training; ``EVALUATE`` is local evaluation of the global model. Secure
-    aggregation adds its own stages (advertise keys, share keys, masked input, unmask).
+    ``FIT`` is local training; ``EVALUATE`` is local evaluation of the global model. With secure
+    aggregation (SecAgg+, ``phalanx.core.secagg``) a ``STATS`` or ``FIT`` stage is replaced by
+    four stages: advertise keys (the participant also computes its statistics or trains here),
+    share keys, masked input, and unmask.
     """
 
     STATS = "stats"
     FIT = "fit"
     EVALUATE = "evaluate"
+    SECAGG_ADVERTISE = "secagg_advertise"
+    SECAGG_SHARE = "secagg_share_keys"
+    SECAGG_MASKED = "secagg_masked_input"
+    SECAGG_UNMASK = "secagg_unmask"
+
+
+SECAGG_STAGES = (
+    Stage.SECAGG_ADVERTISE,
+    Stage.SECAGG_SHARE,
+    Stage.SECAGG_MASKED,
+    Stage.SECAGG_UNMASK,
+)
+"""The secure-aggregation stages, in protocol order."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 A federation moves through phases: an optional ``STATS`` stage in which every participant
 contributes additive feature statistics (so the feature transform is fit on the union of the
 participants' data without pooling it), then ``rounds`` training rounds, each a ``FIT`` stage
-followed by an optional ``EVALUATE`` stage. Secure aggregation adds stages inside a round.
+followed by an optional ``EVALUATE`` stage. With ``secure_aggregation`` on, the ``STATS`` and
+``FIT`` stages each run as the four SecAgg+ stages of
+:class:`~phalanx.core.secagg.round.SecureRound` and the coordinator only ever sees per-bucket sums:
+one pseudo-update per bucket goes to the algorithm.
 
 This module only decides: which participants get which :class:`~phalanx.core.messages.Task`, and
 what the replies mean. It has no loops, clocks, sockets or timeouts; the coordinator service
@@ -23,9 +26,14 @@ import numpy as np
 from phalanx.core.aggregation import ServerAlgorithm
 from phalanx.core.errors import ConfigError, ProtocolError, RoundError, SchemaMismatchError
 from phalanx.core.features.schema import FeatureSchema
-from phalanx.core.features.stats import FeatureStats
+from phalanx.core.features.stats import FeatureStats, vector_length
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Reply, Stage, Task
+from phalanx.core.secagg.crypto import SecAggCrypto
+from phalanx.core.secagg.driver import SecureDriver
+from phalanx.core.secagg.params import SecAggSettings
+from phalanx.core.secagg.round import is_secure
+from phalanx.core.secagg.vectors import fit_length, stats_length
 from phalanx.core.types import ParticipantId, Update, Weights
 
 
@@ -53,6 +61,10 @@ class FederationPlan:
         their local validation data).
     train_config:
         JSON-ready parameters sent with every ``FIT`` task (model spec, local epochs, lr ...).
+    secure_aggregation:
+        Run ``STATS`` and ``FIT`` through SecAgg+: the coordinator learns only bucket sums.
+    secagg:
+        Clipping, weighting, bucketing and encoding of secure aggregation.
     """
 
     rounds: int
@@ -63,6 +75,8 @@ class FederationPlan:
     federated_stats: bool = True
     evaluate: bool = False
     train_config: dict[str, Any] = field(default_factory=dict)
+    secure_aggregation: bool = False
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -98,6 +112,8 @@ class RoundRecord:
     train_metrics: dict[str, float]
     eval_metrics: dict[str, float] = field(default_factory=dict)
     refused: dict[ParticipantId, str] = field(default_factory=dict)
+    suspicion: dict[ParticipantId, dict[str, float]] = field(default_factory=dict)
+    """Per-update suspicion scores from the algorithm's ``report()`` (robust aggregators)."""
 
 
 def participant_seed(root: int, round_id: int, participant: ParticipantId) -> int:
@@ -121,6 +137,8 @@ class Federation:
         Builds the initial global weights once the input width is known.
     transform:
         A feature transform fixed in advance; required when ``plan.federated_stats`` is off.
+    crypto:
+        The secure-aggregation crypto port; required when ``plan.secure_aggregation`` is on.
     """
 
     def __init__(
@@ -130,9 +148,20 @@ class Federation:
         algorithm: ServerAlgorithm,
         init_weights: Callable[[int], Weights],
         transform: FeatureTransform | None = None,
+        crypto: SecAggCrypto | None = None,
     ) -> None:
         if transform is None and not plan.federated_stats:
             raise ConfigError("a federation without the statistics stage needs a fixed transform")
+        if plan.secure_aggregation and crypto is None:
+            raise ConfigError("secure aggregation needs a crypto backend (crypto=...)")
+        if plan.secure_aggregation and algorithm.name == "scaffold":
+            raise ConfigError(
+                "SCAFFOLD needs each participant's control-variate delta, which secure"
+                " aggregation hides",
+                hint="choose fedavg, fedprox, fedavgm, fedadam or fedyogi, or turn secure"
+                " aggregation off",
+            )
+        self._secure: SecureDriver | None = None
         self.plan = plan
         self.schema = schema
         self.schema_hash = schema.hash()
@@ -149,6 +178,8 @@ class Federation:
         self._transform_dict: tuple[FeatureTransform | None, dict[str, Any]] = (None, {})
         if transform is not None:
             self.weights = init_weights(transform.n_features)
+        if plan.secure_aggregation and crypto is not None:
+            self._secure = SecureDriver(plan.secagg, crypto, self._rng)
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Weights]]:
         """The state to checkpoint after a completed round: JSON-ready metadata and arrays.
@@ -191,6 +222,8 @@ class Federation:
         self.history = [_record_from_dict(d) for d in meta.get("history", [])]
         self._pending = None
         self._fit_record = None
+        if self._secure is not None:
+            self._secure.abort()
 
     @property
     def done(self) -> bool:
@@ -202,11 +235,16 @@ class Federation:
         if self._pending is not None:
             return self._pending
         avail = sorted(set(available))
-        if self.transform is None:
+        if self._secure is not None and self._secure.running is not None:
+            req = self._secure_request()
+        elif self.transform is None:
             tasks = {
                 p: Task(round=0, stage=Stage.STATS, schema_hash=self.schema_hash) for p in avail
             }
             req = StageRequest(0, Stage.STATS, tasks, min_replies=min(len(avail), 1) or 1)
+            if self._secure is not None and tasks:
+                self._secure.start(0, "stats", tasks, stats_length(vector_length(self.schema)))
+                req = self._secure_request()
         elif self._fit_record is not None:
             chosen = self._fit_record.participants
             tasks = {
@@ -238,6 +276,9 @@ class Federation:
                 for p in sampled
             }
             req = StageRequest(r, Stage.FIT, tasks, min_replies=self.plan.min_participants)
+            if self._secure is not None:
+                self._secure.start(r, "fit", tasks, fit_length(self.weights))
+                req = self._secure_request()
         else:
             return None
         if not req.tasks:
@@ -272,6 +313,8 @@ class Federation:
                 valid[pid] = reply
         if len(valid) < req.min_replies:
             self._pending = None
+            if self._secure is not None:
+                self._secure.abort()
             raise RoundError(
                 f"round {req.round} {req.stage.value}: {len(valid)} usable replies of"
                 f" {len(req.tasks)} asked, at least {req.min_replies} needed"
@@ -279,6 +322,8 @@ class Federation:
                 hint="the round will be retried with the participants available then",
             )
         self._pending = None
+        if is_secure(req.stage):
+            return self._secure_stage(req, valid, refused)
         if req.stage is Stage.STATS:
             self._finish_stats(valid)
             return None
@@ -322,16 +367,33 @@ class Federation:
                     extras=reply.extras,
                 )
             )
-        self.weights = self.algorithm.aggregate(self.weights, updates)
-        self.round = req.round
         n = sum(u.num_examples for u in updates)
         train_metrics = _weighted_metrics([(u.num_examples, u.metrics) for u in updates])
+        return self._aggregate(req, updates, tuple(sorted(valid)), n, train_metrics, refused)
+
+    def _aggregate(
+        self,
+        req: StageRequest,
+        updates: Sequence[Update],
+        participants: tuple[ParticipantId, ...],
+        n: int,
+        train_metrics: dict[str, float],
+        refused: dict[ParticipantId, str],
+    ) -> RoundRecord | None:
+        self.weights = self.algorithm.aggregate(self.weights, updates)
+        self.round = req.round
+        report = getattr(self.algorithm, "report", None)
+        suspicion = dict(report()) if callable(report) else {}
         record = RoundRecord(
             round=req.round,
-            participants=tuple(sorted(valid)),
+            participants=participants,
             num_examples=n,
             train_metrics=train_metrics,
             refused=refused,
+            suspicion={
+                ParticipantId(str(p)): {str(k): float(v) for k, v in scores.items()}
+                for p, scores in suspicion.items()
+            },
         )
         if self.plan.evaluate:
             self._fit_record = record
@@ -350,10 +412,37 @@ class Federation:
             train_metrics=record.train_metrics,
             eval_metrics=metrics,
             refused=record.refused,
+            suspicion=record.suspicion,
         )
         self._fit_record = None
         self.history.append(done)
         return done
+
+    # -- secure aggregation -----------------------------------------------------------------
+
+    def _secure_request(self) -> StageRequest:
+        assert self._secure is not None  # only called with secure aggregation on
+        r, stage, tasks, minimum = self._secure.request(self.plan.min_participants)
+        return StageRequest(r, stage, tasks, min_replies=minimum)
+
+    def _secure_stage(
+        self,
+        req: StageRequest,
+        valid: Mapping[ParticipantId, Reply],
+        refused: dict[ParticipantId, str],
+    ) -> RoundRecord | None:
+        if self._secure is None:
+            raise ProtocolError(f"{req.stage.value} replies arrived without secure aggregation")
+        out = self._secure.feed(req.stage, valid, refused, self.weights, self.schema_hash)
+        if out is None:
+            return None
+        if out.stats is not None:
+            self.transform = FeatureTransform.fit(FeatureStats.from_vector(self.schema, out.stats))
+            self.weights = self._init_weights(self.transform.n_features)
+            return None
+        n = sum(u.num_examples for u in out.updates)
+        metrics = _weighted_metrics([(1, m) for m in out.metrics])
+        return self._aggregate(req, out.updates, out.members, n, metrics, out.refused)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -415,6 +504,7 @@ def _record_to_dict(r: RoundRecord) -> dict[str, Any]:
         "train_metrics": r.train_metrics,
         "eval_metrics": r.eval_metrics,
         "refused": dict(r.refused),
+        "suspicion": {p: dict(s) for p, s in r.suspicion.items()},
     }
 
 
@@ -426,6 +516,10 @@ def _record_from_dict(d: dict[str, Any]) -> RoundRecord:
         train_metrics={k: float(v) for k, v in d["train_metrics"].items()},
         eval_metrics={k: float(v) for k, v in d.get("eval_metrics", {}).items()},
         refused={ParticipantId(k): str(v) for k, v in d.get("refused", {}).items()},
+        suspicion={
+            ParticipantId(p): {str(k): float(v) for k, v in s.items()}
+            for p, s in d.get("suspicion", {}).items()
+        },
     )
 
 

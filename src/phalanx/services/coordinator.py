@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from phalanx.core.errors import RoundError
+from phalanx.core.errors import RoundError, SecAggError
 from phalanx.core.messages import Stage
 from phalanx.core.rounds import Federation, RoundRecord, StageRequest
 from phalanx.ports import Transport
@@ -101,7 +101,8 @@ class Coordinator:
             replies = self.transport.exchange(req.tasks, deadline_s=self.deadline_s)
             try:
                 record = fed.complete_stage(replies)
-            except RoundError as exc:
+            except (RoundError, SecAggError) as exc:
+                # a failed secure aggregation restarts its round with fresh keys
                 failures = self._failed(exc, failures)
                 continue
             failures = 0
@@ -121,7 +122,7 @@ class Coordinator:
                 if self.on_round is not None:
                     self.on_round(record)
 
-    def _failed(self, exc: RoundError, failures: int) -> int:
+    def _failed(self, exc: RoundError | SecAggError, failures: int) -> int:
         """Count a failed attempt; re-raise once the retries are spent, else pause."""
         failures += 1
         log.warning("%s (attempt %d of %d)", exc, failures, self.max_retries + 1)
