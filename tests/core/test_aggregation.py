@@ -149,7 +149,7 @@ def test_make_algorithm_builds_every_algorithm(name: str, rng: np.random.Generat
 
 def test_make_algorithm_rejects_unknown_names_and_params() -> None:
     with pytest.raises(ConfigError, match="fedavg, fedprox, scaffold, fedavgm, fedadam, fedyogi"):
-        make_algorithm("krum")
+        make_algorithm("bulyan")
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) mu .*proximal_mu \(default"):
         make_algorithm("fedprox", mu=0.1)
     with pytest.raises(ConfigError, match="accepts: none"):

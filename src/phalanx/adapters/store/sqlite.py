@@ -445,6 +445,86 @@ class SqliteStore:
             rows = self._conn.execute("SELECT * FROM model_versions ORDER BY round").fetchall()
         return [ModelVersion(r, s, p, datetime.fromisoformat(at)) for r, s, p, at in rows]
 
+    # --- suspicion (issue #8) ----------------------------------------------------------------
+    # The table is created on first use (CREATE TABLE IF NOT EXISTS) rather than by a numbered
+    # migration, so it adds to any schema version without a migration race between features.
+
+    _SUSPICION_TABLE = (
+        "CREATE TABLE IF NOT EXISTS suspicion (round INTEGER NOT NULL, participant TEXT NOT NULL,"
+        " flagged INTEGER NOT NULL, scores TEXT NOT NULL, at TEXT NOT NULL,"
+        " PRIMARY KEY (round, participant))"
+    )
+
+    def record_suspicion(
+        self, round: int, scores: Mapping[str, Mapping[str, float]], *, actor: str = "coordinator"
+    ) -> None:
+        """Keep one round's per-update suspicion scores and audit who was flagged.
+
+        ``scores`` is an aggregation algorithm's ``report()``; a ``flagged`` score of 1 marks a
+        suspicious update. Re-recording a round replaces its rows.
+        """
+        now = self._now()
+        rows = [
+            (round, str(p), int(float(s.get("flagged", 0.0)) >= 1.0), dumps(dict(s), "scores"), now)
+            for p, s in sorted(scores.items())
+        ]
+        with self._tx() as db:
+            db.execute(self._SUSPICION_TABLE)
+            db.executemany("INSERT OR REPLACE INTO suspicion VALUES (?, ?, ?, ?, ?)", rows)
+            self._append_audit(
+                db,
+                "round.suspicion",
+                actor,
+                {"round": round, "scored": len(rows), "flagged": [r[1] for r in rows if r[2]]},
+            )
+
+    def suspicion(self, round: int | None = None) -> list[tuple[int, str, bool, dict[str, float]]]:
+        """Stored scores as ``(round, participant, flagged, scores)``, by round and name."""
+        with self._lock, self._errors():
+            if not self._has_table("suspicion"):
+                return []
+            rows = self._conn.execute(
+                "SELECT round, participant, flagged, scores FROM suspicion"
+                " WHERE (?1 IS NULL OR round = ?1) ORDER BY round, participant",
+                (round,),
+            ).fetchall()
+        return [(int(r), str(p), bool(f), json.loads(sc)) for r, p, f, sc in rows]
+
+    def flagged_counts(self) -> dict[str, tuple[int, int]]:
+        """Per participant: ``(rounds flagged, rounds scored)``."""
+        with self._lock, self._errors():
+            if not self._has_table("suspicion"):
+                return {}
+            rows = self._conn.execute(
+                "SELECT participant, SUM(flagged), COUNT(*) FROM suspicion GROUP BY participant"
+                " ORDER BY participant"
+            ).fetchall()
+        return {str(p): (int(f), int(n)) for p, f, n in rows}
+
+    def quarantine(self, name: str, round: int, reason: str, *, actor: str = "coordinator") -> None:
+        """Suspend ``name`` (no further tasks; recorded as a participant if it was not yet)
+        and audit ``participant.quarantined`` with why."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO participants VALUES (?, 'participant', ?, NULL, 'suspended')"
+                " ON CONFLICT(name) DO UPDATE SET status = 'suspended'",
+                (name, self._now()),
+            )
+            self._append_audit(
+                db,
+                "participant.quarantined",
+                actor,
+                {"name": name, "round": round, "reason": reason},
+            )
+
+    def _has_table(self, name: str) -> bool:
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+            is not None
+        )
+
     # --- federation state ------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:

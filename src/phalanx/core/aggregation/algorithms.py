@@ -25,8 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phalanx.core.aggregation.base import check_compatible, to_float32, uniform_sum, weighted_mean
+from phalanx.core.aggregation.suspicion import (
+    Report,
+    flatten_deltas,
+    score_sketch,
+    sketch_stride,
+)
 from phalanx.core.errors import AggregationError, ConfigError
-from phalanx.core.types import Update, Weights
+from phalanx.core.types import ParticipantId, Update, Weights
 
 F64 = list[NDArray[np.float64]]
 
@@ -43,9 +49,22 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
 
 
 class _Algorithm:
-    """Shared plumbing: update validation and the default (stateless) state methods."""
+    """Shared plumbing: update validation, the default (stateless) state methods, and the
+    suspicion report of the last round (computed only when asked for)."""
 
     name: str = ""
+    _last_round: (
+        tuple[list[ParticipantId], NDArray[np.float64], NDArray[np.float64], int] | None
+    ) = None
+
+    def report(self) -> Report:
+        """Suspicion scores of the last round's updates against the aggregate this algorithm
+        chose (see :mod:`phalanx.core.aggregation.suspicion`); empty before the first round.
+        """
+        if self._last_round is None:
+            return {}
+        names, deltas, centre, stride = self._last_round
+        return score_sketch(names, deltas, centre, stride)
 
     def task_config(self) -> dict[str, float]:
         return {}
@@ -66,7 +85,20 @@ class _Algorithm:
         names = [str(u.participant) for u in updates]
         lists = [u.weights for u in updates]
         check_compatible(lists, names, reference=global_weights)
-        return weighted_mean(lists, [u.num_examples for u in updates], names)
+        mean = weighted_mean(lists, [u.num_examples for u in updates], names)
+        self._remember(global_weights, updates, mean)
+        return mean
+
+    def _remember(
+        self, global_weights: Weights, updates: Sequence[Update], result: Weights
+    ) -> None:
+        """Keep a (sketched) copy of the round's deltas for :meth:`report`, not the updates."""
+        d = int(sum(np.size(w) for w in global_weights))
+        stride = sketch_stride(len(updates), d)
+        deltas = flatten_deltas(global_weights, [u.weights for u in updates], stride=stride)
+        centre = flatten_deltas(global_weights, [result], stride=stride)[0]
+        names = [ParticipantId(u.participant) for u in updates]
+        self._last_round = (names, deltas, centre, stride)
 
     def _check_state_keys(self, state: Mapping[str, Weights], expected: set[str]) -> None:
         if set(state) != expected:

@@ -14,6 +14,7 @@ from phalanx.core.aggregation.algorithms import (
     Scaffold,
 )
 from phalanx.core.aggregation.base import ServerAlgorithm
+from phalanx.core.aggregation.robust import ROBUST_ALGORITHMS
 from phalanx.core.errors import ConfigError
 
 ALGORITHMS: dict[str, Callable[..., ServerAlgorithm]] = {
@@ -23,6 +24,7 @@ ALGORITHMS: dict[str, Callable[..., ServerAlgorithm]] = {
     "fedavgm": FedAvgM,
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
+    **ROBUST_ALGORITHMS,
 }
 """Algorithm names accepted by :func:`make_algorithm`, in documentation order."""
 
