@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phalanx.core.errors import ModelError
 from phalanx.core.taxonomy import CATEGORIES
 from phalanx.models import MLPClassifier
+from phalanx.models.mlp import ABSENT_PRIOR
 
 torch.set_num_threads(1)
 
@@ -163,3 +166,65 @@ def test_class_weighting_raises_minority_recall(rng: np.random.Generator) -> Non
     balanced = small(class_weight="balanced", **kw).fit(X, y)
     minority = y == 1
     assert np.mean(balanced.predict(X[minority]) == 1) > np.mean(plain.predict(X[minority]) == 1)
+
+
+def test_logit_offsets_are_tau_log_prior_with_absent_classes_floored() -> None:
+    y = np.array([0] * 75 + [1] * 25)
+    offsets = small(n_classes=4, logit_adjust=0.5).logit_offsets(y)
+    expected = 0.5 * np.log([0.75, 0.25, ABSENT_PRIOR, ABSENT_PRIOR])
+    np.testing.assert_allclose(offsets, expected, rtol=1e-6)
+    np.testing.assert_array_equal(small(n_classes=4).logit_offsets(y), np.zeros(4))
+    np.testing.assert_array_equal(
+        small(n_classes=4, logit_adjust=1.0).logit_offsets(np.zeros(0, np.int64)), np.zeros(4)
+    )
+
+
+@given(
+    counts=st.lists(st.integers(0, 1000), min_size=2, max_size=11).filter(lambda c: sum(c) > 0),
+    tau=st.floats(0.0, 10.0),
+)
+@settings(max_examples=50, deadline=None)
+def test_logit_offsets_never_favour_a_rarer_class(counts: list[int], tau: float) -> None:
+    y = np.repeat(np.arange(len(counts)), counts)
+    offsets = small(n_classes=len(counts), logit_adjust=tau).logit_offsets(y)
+    assert np.all(np.isfinite(offsets)) and np.all(offsets <= 0.0)
+    order = np.argsort(counts, kind="stable")
+    assert np.all(np.diff(offsets[order]) >= -1e-6)  # more rows, a larger (or equal) offset
+
+
+def test_logit_adjustment_keeps_a_locally_absent_class(rng: np.random.Generator) -> None:
+    """Training on data without class 2 barely lowers class 2's scores when the loss is
+    logit-adjusted (its prior is tiny), while plain cross-entropy pushes them down."""
+    X, y = blobs(rng, n=1500, k=3)
+    kw = {"n_classes": 3, "epochs": 3, "class_weight": None, "dropout": 0.0}
+    start = small(**kw).fit(X, y)
+    local = y != 2
+    drops = {}
+    for tau in (0.0, 1.0):
+        m = small(**kw, logit_adjust=tau).set_weights(start.get_weights())
+        m.partial_fit(X[local], y[local])
+        drops[tau] = float(np.mean(start.predict_proba(X[~local])[:, 2]))
+        drops[tau] -= float(np.mean(m.predict_proba(X[~local])[:, 2]))
+    assert drops[1.0] < drops[0.0]
+    assert drops[1.0] < 0.05
+
+
+def test_label_smoothing_softens_confidence(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, n=600, k=3, spread=6.0)
+    kw = {"n_classes": 3, "epochs": 5, "dropout": 0.0, "lr": 3e-3}
+    sharp = small(**kw).fit(X, y).predict_proba(X).max(axis=1).mean()
+    smooth = small(**kw, label_smoothing=0.3).fit(X, y).predict_proba(X).max(axis=1).mean()
+    assert smooth < sharp
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"logit_adjust": -1.0}, "logit_adjust must be in"),
+        ({"logit_adjust": float("nan")}, "logit_adjust must be in"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+    ],
+)
+def test_new_loss_parameters_are_validated(kw: dict[str, float], match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        small(**kw).initialize()

@@ -4,7 +4,10 @@ Slow (minutes): run with ``pytest -m slow tests/sim/test_accuracy_real.py``. The
 settings behind them are documented in ``docs/results.md``.
 
 The issue's NSL-KDD goals (binary accuracy >= 0.82 on KDDTest+, macro-F1 within 2 points of the
-centralized model) are not met yet and are not asserted here; docs/results.md has the numbers.
+centralized model) are not met, with the defaults or with the settings chosen on validation data
+by ``bench/tune_nslkdd.py``, and are not asserted here; docs/results.md has the numbers and why.
+What holds on every seed measured is asserted: the federated model beats the mean local-only
+model, and its binary accuracy stays within 2 points of the centralized model's.
 
 Every run: 10 participants, Dirichlet(0.5) label skew, 20 rounds of one local epoch, FedAdam
 (Reddi et al., ICLR 2021) with its default server learning rate, the default MLP. The baselines
@@ -21,7 +24,7 @@ import pytest
 from phalanx.sim.config import SimConfig
 from phalanx.sim.runner import run_simulation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.datasets]
 
 SEED = 0
 
@@ -65,6 +68,22 @@ def test_nsl_kdd_federated_binary_accuracy_close_to_centralized(nsl_kdd: dict[st
     fed, cen = nsl_kdd["federated"], nsl_kdd["centralized"]
     assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02
     assert fed["binary"]["roc_auc"] >= cen["binary"]["roc_auc"] - 0.03
+
+
+def test_nsl_kdd_summary_reports_the_calibrated_operating_point(nsl_kdd: dict[str, Any]) -> None:
+    """Beside the fixed 0.5 cut, every model is scored at the threshold calibrated at the
+    target FPR on benign validation flows (``phalanx detect --fpr``), never on test flows."""
+    fed = nsl_kdd["federated"]["binary_calibrated"]
+    assert fed["target_fpr"] == 0.01
+    assert fed["threshold"] == nsl_kdd["thresholds"]["fpr=0.01"]
+    for result in (nsl_kdd["federated"], nsl_kdd["centralized"], nsl_kdd["local_only"]["mean"]):
+        cal = result["binary_calibrated"]
+        assert 0.0 <= cal["threshold"] <= 1.0
+        assert 0.0 <= cal["fpr"] <= 1.0 and 0.0 <= cal["detection_rate"] <= 1.0
+    # A lower threshold flags at least as much: detection and FPR move together with it.
+    if fed["threshold"] < 0.5:
+        assert fed["detection_rate"] >= nsl_kdd["federated"]["binary"]["detection_rate"]
+        assert fed["fpr"] >= nsl_kdd["federated"]["binary"]["fpr"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Self
 
@@ -14,6 +15,9 @@ from phalanx.core.errors import ModelError
 from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX
 from phalanx.core.types import Weights
 from phalanx.models.base import FeedForward, TorchEstimator
+
+ABSENT_PRIOR = 1e-6
+"""Prior given by the logit adjustment to a class absent from the training call's labels."""
 
 CLASS_WEIGHT_CLIP = (0.1, 10.0)
 """Bounds of the "balanced" class weights, so that a class seen a handful of times does not
@@ -57,11 +61,24 @@ class MLPClassifier(TorchEstimator):
         SGD momentum (``optimizer="sgd"`` only).
     weight_decay:
         L2 penalty passed to the optimizer.
+    logit_adjust:
+        ``tau`` of the logit-adjusted loss (Menon et al., "Long-tail learning via logit
+        adjustment", ICLR 2021): training minimises the cross-entropy of
+        ``logits + tau * log(prior)``, where ``prior`` is the class frequency in the call's
+        labels, and prediction uses the plain logits. With ``tau = 1`` this is the balanced
+        softmax (Ren et al., NeurIPS 2020). A class absent from the call's labels gets a prior
+        of :data:`ABSENT_PRIOR`, so local training leaves its logit almost alone instead of
+        pushing it down: under label skew each participant then corrects for its own label
+        distribution and the classes it never sees are not forgotten, as in FedLC (Zhang et al.,
+        ICML 2022) and FedRS (Li and Zhan, KDD 2021). 0 disables it.
+    label_smoothing:
+        Label smoothing of the cross-entropy (Szegedy et al., CVPR 2016), in [0, 1).
     """
 
     _PARAMS = (
         "n_features", "n_classes", "hidden", "dropout", "lr", "batch_size", "epochs",
-        "class_weight", "seed", "optimizer", "momentum", "weight_decay",
+        "class_weight", "seed", "optimizer", "momentum", "weight_decay", "logit_adjust",
+        "label_smoothing",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +95,8 @@ class MLPClassifier(TorchEstimator):
         optimizer: str = "adam",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        logit_adjust: float = 0.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         self.n_features = n_features
         self.n_classes = n_classes
@@ -91,8 +110,11 @@ class MLPClassifier(TorchEstimator):
         self.optimizer = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.logit_adjust = logit_adjust
+        self.label_smoothing = label_smoothing
 
     _loss_weight: torch.Tensor | None = None
+    _logit_offset: torch.Tensor | None = None
 
     benign_index: int = CATEGORY_INDEX[BENIGN]
     """Output column of the benign class, used by :meth:`attack_score`."""
@@ -105,6 +127,10 @@ class MLPClassifier(TorchEstimator):
             raise ModelError(
                 f"class_weight must be 'balanced' or None; found {self.class_weight!r}"
             )
+        if not (math.isfinite(self.logit_adjust) and 0.0 <= self.logit_adjust <= 10.0):
+            raise ModelError(f"logit_adjust must be in [0, 10]; found {self.logit_adjust}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ModelError(f"label_smoothing must be in [0, 1); found {self.label_smoothing}")
 
     def _sizes(self) -> list[int]:
         return [int(self.n_features), *map(int, self.hidden), int(self.n_classes)]
@@ -194,11 +220,28 @@ class MLPClassifier(TorchEstimator):
             weights[present] = np.clip(balanced, *CLASS_WEIGHT_CLIP)
         return weights.astype(np.float32)
 
+    def logit_offsets(self, y: ArrayLike) -> NDArray[np.float32]:
+        """``logit_adjust * log(prior)`` added to the logits in training on labels ``y``.
+
+        The prior is the class frequency in ``y``, :data:`ABSENT_PRIOR` for an absent class
+        (zeros when ``logit_adjust`` is 0 or ``y`` is empty).
+        """
+        counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=int(self.n_classes))
+        if self.logit_adjust == 0.0 or counts.sum() == 0:
+            return np.zeros(int(self.n_classes), dtype=np.float32)
+        prior = np.maximum(counts / counts.sum(), ABSENT_PRIOR)
+        offsets: NDArray[np.float32] = (float(self.logit_adjust) * np.log(prior)).astype(np.float32)
+        return offsets
+
     def _prepare_loss(self, y: torch.Tensor | None) -> None:
         if y is None or self.class_weight is None:
             self._loss_weight = None
         else:
             self._loss_weight = torch.from_numpy(self.class_weights(y.numpy()))
+        if y is None or self.logit_adjust == 0.0:
+            self._logit_offset = None
+        else:
+            self._logit_offset = torch.from_numpy(self.logit_offsets(y.numpy()))
 
     def _batch_loss(
         self, net: FeedForward, xb: torch.Tensor, yb: torch.Tensor | None
@@ -206,7 +249,11 @@ class MLPClassifier(TorchEstimator):
         if yb is None:
             raise ModelError("MLPClassifier needs labels to train")
         logits = net(xb, self.rng_)
-        return F.cross_entropy(logits, yb, weight=self._loss_weight)
+        if self._logit_offset is not None:
+            logits = logits + self._logit_offset
+        return F.cross_entropy(
+            logits, yb, weight=self._loss_weight, label_smoothing=float(self.label_smoothing)
+        )
 
     # -- prediction -------------------------------------------------------------------------
 
