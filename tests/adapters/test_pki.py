@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -269,3 +270,139 @@ def test_cli_init_issue_revoke_list(tmp_path: Path) -> None:
     assert "org-a" in listing.output
     assert "revoked" in listing.output
     assert "valid" in listing.output
+
+
+# --- model signing ------------------------------------------------------------------------------
+
+
+def _fake_bundle(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text('{"format": "phalanx.model"}\n')
+    (folder / "model.safetensors").write_bytes(b"\x00weights" * 32)
+    return folder
+
+
+def test_model_signer_chains_to_the_ca_and_is_usable_only_for_signing(ca_dir: Path) -> None:
+    from phalanx.adapters.pki import issue_signer
+
+    signer = issue_signer(ca_dir, "coord.signing-test")
+    assert signer.directory == ca_dir / "coordinators" / "coord.signing-test" / "signing"
+    assert _mode(signer.key) == 0o600
+    trust = TrustRoot.from_ca_dir(ca_dir)
+    ident = trust.verify(signer.cert.read_bytes(), usage="model-signing")
+    assert (ident.role, ident.name) == ("coordinator", "coord.signing-test")
+    with pytest.raises(TrustError, match="not usable as a coordinator"):
+        trust.verify(signer.cert.read_bytes())  # cannot serve TLS
+    tls = issue(ca_dir, "coordinator", "coord.tls-only")
+    with pytest.raises(TrustError, match="not usable"):
+        trust.verify(tls.cert.read_bytes(), usage="model-signing")  # TLS key cannot sign
+    member = issue(ca_dir, "participant", "org-signs")
+    with pytest.raises(TrustError, match="only the coordinator signs"):
+        trust.verify(member.cert.read_bytes(), usage="model-signing")
+    with pytest.raises(ConfigError, match="already holds a model-signing key"):
+        issue_signer(ca_dir, "coord.signing-test")
+
+
+def test_signed_bundle_verifies_and_any_tampering_is_caught(ca_dir: Path, tmp_path: Path) -> None:
+    from phalanx.adapters.pki import Signer, check_signature, issue_signer, sign_bundle
+
+    files = issue_signer(ca_dir, "coord-sign", out=tmp_path / "signing")
+    signer = Signer.load(files.directory)
+    trust = TrustRoot.from_ca_dir(ca_dir)
+    bundle = _fake_bundle(tmp_path / "bundle")
+    assert check_signature(bundle, trust).state == "unsigned"
+    sign_bundle(bundle, signer)
+    status = check_signature(bundle, trust)
+    assert status.state == "valid", status.reason
+    assert status.signer is not None and status.signer.name == "coord-sign"
+    assert status.revocation_checked
+    assert check_signature(bundle, None).state == "unverified"
+
+    weights = bundle / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    tampered = check_signature(bundle, trust)
+    assert tampered.state == "invalid" and "model.safetensors" in tampered.reason
+    weights.write_bytes(original)
+
+    sig = json.loads((bundle / "model.sig").read_text())
+    forged = dict(
+        sig,
+        signature=sig["signature"][:-4] + ("AAAA" if sig["signature"][-4:] != "AAAA" else "BBBB"),
+    )
+    (bundle / "model.sig").write_text(json.dumps(forged))
+    assert check_signature(bundle, trust).state == "invalid"
+    (bundle / "model.sig").write_text(json.dumps(sig))
+    assert check_signature(bundle, trust).state == "valid"
+
+
+def test_self_signed_foreign_and_revoked_signers_are_refused(ca_dir: Path, tmp_path: Path) -> None:
+    from phalanx.adapters.pki import (
+        Signer,
+        check_signature,
+        issue_signer,
+        require_signature,
+        sign_bundle,
+    )
+
+    trust = TrustRoot.from_ca_dir(ca_dir)
+    bundle = _fake_bundle(tmp_path / "b1")
+    sign_bundle(bundle, Signer.throwaway())
+    assert check_signature(bundle, None).state == "unverified"
+    assert check_signature(bundle, trust).state == "invalid"
+    with pytest.raises(TrustError, match="refusing model"):
+        require_signature(bundle, trust)
+    assert require_signature(bundle, trust, allow_unsigned=True).state == "invalid"
+
+    other = init_ca(tmp_path / "other-ca", "south-isac")
+    foreign = Signer.load(issue_signer(other, "evil").directory)
+    sign_bundle(bundle, foreign)
+    status = check_signature(bundle, trust)
+    assert status.state == "invalid" and "not issued by" in status.reason
+
+    files = issue_signer(ca_dir, "coord-revoked", out=tmp_path / "revoked-signing")
+    sign_bundle(bundle, Signer.load(files.directory))
+    assert check_signature(bundle, trust).state == "valid"
+    revoke(ca_dir, cert=files.cert, reason="key_compromise")
+    status = check_signature(bundle, trust)
+    assert status.state == "invalid" and "revoked" in status.reason
+    unsigned = _fake_bundle(tmp_path / "b2")
+    with pytest.raises(TrustError, match="unsigned signature"):
+        require_signature(unsigned, trust)
+
+
+def test_trust_root_without_crl_skips_revocation(ca_dir: Path) -> None:
+    files = issue(ca_dir, "participant", "org-nocrl")
+    root = TrustRoot(ca_dir / "ca.crt", None)
+    assert not root.checks_revocation
+    assert root.verify(files.cert.read_bytes()).name == "org-nocrl"
+
+
+def test_signer_load_refuses_a_tls_key(ca_dir: Path) -> None:
+    from phalanx.adapters.pki import Signer
+
+    tls = issue(ca_dir, "coordinator", "coord-wrongkey")
+    with pytest.raises(ConfigError, match="Ed25519"):
+        Signer.load(tls.directory)
+    with pytest.raises(ConfigError, match="missing"):
+        Signer.load(tls.directory / "nowhere")
+
+
+def test_cli_issues_coordinator_with_signing_identity(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from phalanx.cli.pki import app
+
+    runner = CliRunner()
+    d = str(tmp_path / "ca")
+    assert runner.invoke(app, ["init", "--federation", "fed", "--dir", d]).exit_code == 0
+    res = runner.invoke(app, ["issue", "--dir", d, "--coordinator", "hub"])
+    assert res.exit_code == 0, res.output
+    signing = tmp_path / "ca" / "coordinators" / "hub" / "signing"
+    trust = TrustRoot.from_ca_dir(tmp_path / "ca")
+    assert trust.verify((signing / "cert.pem").read_bytes(), usage="model-signing").name == "hub"
+    res = runner.invoke(
+        app, ["issue", "--dir", d, "--model-signer", "hub", "--out", str(tmp_path / "s2")]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s2" / "key.pem").is_file()

@@ -140,7 +140,7 @@ def test_header_only_file_has_no_rows(tmp_path: Path) -> None:
 
 def test_bad_arguments_are_config_errors(netflow: Path) -> None:
     with pytest.raises(ConfigError):
-        open_flows(netflow, format="pcap")
+        open_flows(netflow, format="pcapx")
     with pytest.raises(ConfigError):
         open_flows(netflow, errors="ignore")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):

@@ -102,3 +102,49 @@ def test_unserializable_metadata_is_refused(tmp_path: Path) -> None:
         save_model(tmp_path, m, {"when": object()})
     with pytest.raises(ModelError, match="no weights yet"):
         save_model(tmp_path, MLPClassifier(4), {})
+
+
+# --- signatures travel with the bundle; run directories resolve ---------------------------------
+
+
+def test_signature_travels_and_a_rewrite_voids_it(saved: Path, tmp_path: Path) -> None:
+    from phalanx.adapters.pki import Signer, check_signature, sign_bundle
+    from phalanx.models.bundle import SIG_FILE, pack_bundle, unpack_bundle
+
+    sign_bundle(saved, Signer.throwaway())
+    assert (saved / SIG_FILE).is_file()
+    copy = unpack_bundle(pack_bundle(saved), tmp_path / "copy")
+    assert (copy / SIG_FILE).read_bytes() == (saved / SIG_FILE).read_bytes()
+    assert check_signature(copy, None).state == "unverified"  # intact after transfer
+    model, meta = load_model(copy)
+    save_model(copy, model, meta)  # new files: the old signature no longer applies
+    assert not (copy / SIG_FILE).exists()
+    unsigned = unpack_bundle(pack_bundle(copy), tmp_path / "copy2")
+    assert not (unsigned / SIG_FILE).exists()
+
+
+def test_unpack_refuses_extra_members(saved: Path) -> None:
+    import io
+    import zipfile
+
+    from phalanx.models.bundle import pack_bundle, unpack_bundle
+
+    buf = io.BytesIO(pack_bundle(saved))
+    with zipfile.ZipFile(buf, "a") as zf:
+        zf.writestr("evil.py", "print('x')")
+    with pytest.raises(ModelError, match=r"optionally model\.sig"):
+        unpack_bundle(buf.getvalue(), saved.parent / "x")
+
+
+def test_resolve_bundle_accepts_run_directories(saved: Path, tmp_path: Path) -> None:
+    from phalanx.models.bundle import bundle_digest, resolve_bundle
+
+    assert resolve_bundle(saved) == saved
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    for name in ("model.json", "model.safetensors"):
+        (run / "model" / name).write_bytes((saved / name).read_bytes())
+    assert resolve_bundle(run) == run / "model"
+    assert bundle_digest(run / "model") == bundle_digest(saved)
+    with pytest.raises(ModelError, match="no model bundle here"):
+        resolve_bundle(tmp_path / "empty")

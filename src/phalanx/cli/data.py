@@ -27,6 +27,8 @@ class FormatChoice(StrEnum):
     unsw_nb15 = "unsw-nb15"
     cic_ids2017 = "cic-ids2017"
     netflow_v2 = "netflow-v2"
+    pcap = "pcap"
+    zeek_conn = "zeek-conn"
 
 
 data_app = typer.Typer(

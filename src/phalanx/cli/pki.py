@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from phalanx.adapters.pki import REASONS, Role, init_ca, issue, revoke
+from phalanx.adapters.pki import REASONS, Role, init_ca, issue, issue_signer, revoke
 from phalanx.adapters.pki.files import read_json
+from phalanx.adapters.pki.signing import SIGNING_FOLDER
 from phalanx.cli.common import user_errors
 from phalanx.core.errors import ConfigError
 
@@ -68,8 +69,30 @@ def issue_cmd(
         list[str] | None,
         typer.Option("--host", help="DNS name or IP for a coordinator (repeatable)."),
     ] = None,
+    model_signer: Annotated[
+        str | None,
+        typer.Option(
+            "--model-signer",
+            help="Issue only a coordinator's Ed25519 model-signing identity (into --out, default"
+            " DIR/coordinators/<name>/signing).",
+        ),
+    ] = None,
 ) -> None:
-    """Issue a certificate and key for one participant, admin or coordinator."""
+    """Issue a certificate and key for one participant, admin or coordinator.
+
+    A coordinator also gets its Ed25519 model-signing identity in <out>/signing.
+    """
+    if model_signer is not None:
+        with user_errors():
+            if participant or admin or coordinator:
+                raise ConfigError("--model-signer is issued on its own, without another role")
+            signer = issue_signer(dir, model_signer, out=out, days=days)
+        Console().print(
+            f"Issued model-signing identity of coordinator [bold]{model_signer}[/] (serial"
+            f" {signer.identity.serial:#x})\n  key  {signer.key}\n  cert {signer.cert}",
+            highlight=False,
+        )
+        return
     with user_errors():
         options: list[tuple[Role, str | None]] = [
             ("participant", participant),
@@ -86,6 +109,8 @@ def issue_cmd(
         if role != "coordinator" and host:
             raise ConfigError("--host applies to --coordinator only")
         files = issue(dir, role, name, out=out, hosts=hosts, days=days)
+        if role == "coordinator":
+            issue_signer(dir, name, out=files.directory / SIGNING_FOLDER, days=days)
     ident = files.identity
     Console().print(
         f"Issued {ident.role} [bold]{ident.name}[/] (serial {ident.serial:#x}, valid until"

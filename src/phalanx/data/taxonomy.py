@@ -143,11 +143,35 @@ NETFLOW_V2: dict[str, str] = {
     "DoS attacks-SlowHTTPTest": "dos",
 }
 
+# --- IoT-23 / Stratosphere labelled Zeek conn logs (Garcia, Parmisano, Erquiaga, Zenodo 2020) ---
+# ``label`` is Benign/Malicious; Malicious rows carry a ``detailed-label`` named here.
+IOT_23: dict[str, str] = {
+    "Benign": BENIGN,
+    "Malicious": FALLBACK,
+    "Attack": FALLBACK,
+    "C&C": "botnet-c2",
+    "C&C-HeartBeat": "botnet-c2",
+    "C&C-HeartBeat-Attack": "botnet-c2",
+    "C&C-HeartBeat-FileDownload": "botnet-c2",
+    "C&C-FileDownload": "botnet-c2",
+    "C&C-Torii": "botnet-c2",
+    "C&C-Mirai": "botnet-c2",
+    "C&C-PartOfAHorizontalPortScan": "botnet-c2",
+    "Okiru": "botnet-c2",
+    "Okiru-Attack": "botnet-c2",
+    "Torii": "botnet-c2",
+    "FileDownload": "botnet-c2",
+    "DDoS": "ddos",
+    "PartOfAHorizontalPortScan": "recon",
+    "PartOfAHorizontalPortScan-Attack": "recon",
+}
+
 TABLES: dict[str, dict[str, str]] = {
     "nsl-kdd": NSL_KDD,
     "unsw-nb15": UNSW_NB15,
     "cic-ids2017": CIC_IDS2017,
     "netflow-v2": {**NETFLOW_V2, **UNSW_NB15},
+    "zeek-conn": IOT_23,
 }
 """Per-format tables, original label -> category (as documented in ``docs/data.md``)."""
 

@@ -15,6 +15,7 @@ under the final names.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,8 @@ from phalanx.models.mlp import MLPClassifier
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+SIG_FILE = "model.sig"
+"""Optional third file: the coordinator's Ed25519 signature (``adapters/pki/signing.py``)."""
 FORMAT = "phalanx.model"
 FORMAT_VERSION = 1
 
@@ -84,6 +87,7 @@ def save_model(path_dir: str | os.PathLike[str], model: Model, metadata: dict[st
     tmp_meta = folder / f".{META_FILE}.tmp"
     save_file(dict(zip(names, weights, strict=True)), str(tmp_weights))
     tmp_meta.write_text(text + "\n", encoding="utf-8")
+    (folder / SIG_FILE).unlink(missing_ok=True)  # a signature of the old files is void
     os.replace(tmp_weights, folder / WEIGHTS_FILE)
     os.replace(tmp_meta, folder / META_FILE)
     return folder
@@ -182,11 +186,15 @@ MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 
 
 def pack_bundle(path_dir: str | os.PathLike[str]) -> bytes:
-    """The bundle in ``path_dir`` as one byte string (a zip of its two files) for transfer."""
+    """The bundle in ``path_dir`` as one byte string (a zip of its files) for transfer.
+
+    The signature file goes along when the bundle has one.
+    """
     folder = Path(path_dir)
     buf = io.BytesIO()
+    names = [META_FILE, WEIGHTS_FILE] + ([SIG_FILE] if (folder / SIG_FILE).is_file() else [])
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name in (META_FILE, WEIGHTS_FILE):
+        for name in names:
             try:
                 zf.writestr(name, (folder / name).read_bytes())
             except OSError as err:
@@ -197,8 +205,9 @@ def pack_bundle(path_dir: str | os.PathLike[str]) -> bytes:
 def unpack_bundle(blob: bytes, path_dir: str | os.PathLike[str]) -> Path:
     """Write a :func:`pack_bundle` byte string into ``path_dir`` and check it loads.
 
-    Only the two bundle files are accepted, each bounded in size; anything else is a
-    :class:`ModelError` and nothing is written.
+    Only the two bundle files (and optionally the signature) are accepted, each bounded in
+    size; anything else is a :class:`ModelError` and nothing is written. The signature is not
+    checked here: that needs the federation's trust root (``phalanx detect`` checks it).
     """
     if len(blob) > MAX_BUNDLE_BYTES:
         raise ModelError(f"model bundle of {len(blob)} bytes exceeds {MAX_BUNDLE_BYTES}")
@@ -206,9 +215,13 @@ def unpack_bundle(blob: bytes, path_dir: str | os.PathLike[str]) -> Path:
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
             names = sorted(i.filename for i in zf.infolist())
-            if names != sorted((META_FILE, WEIGHTS_FILE)):
+            if names not in (
+                sorted((META_FILE, WEIGHTS_FILE)),
+                sorted((META_FILE, WEIGHTS_FILE, SIG_FILE)),
+            ):
                 raise ModelError(
                     f"model bundle holds {names}, expected exactly {META_FILE} and {WEIGHTS_FILE}"
+                    f" (and optionally {SIG_FILE})"
                 )
             for info in zf.infolist():
                 if info.file_size > MAX_BUNDLE_BYTES:
@@ -224,6 +237,8 @@ def unpack_bundle(blob: bytes, path_dir: str | os.PathLike[str]) -> Path:
         (staging / name).write_bytes(data)
     try:
         load_model(staging)
+        if SIG_FILE not in files:
+            (folder / SIG_FILE).unlink(missing_ok=True)
         for name in files:
             os.replace(staging / name, folder / name)
     finally:
@@ -231,3 +246,35 @@ def unpack_bundle(blob: bytes, path_dir: str | os.PathLike[str]) -> Path:
             leftover.unlink()
         staging.rmdir()
     return folder
+
+
+def resolve_bundle(path: str | os.PathLike[str]) -> Path:
+    """The bundle folder ``path`` names: a bundle folder, or a run directory holding ``model/``.
+
+    Raises
+    ------
+    ModelError
+        When neither ``path/model.json`` nor ``path/model/model.json`` exists.
+    """
+    p = Path(path)
+    for folder in (p, p / "model"):
+        if (folder / META_FILE).is_file():
+            return folder
+    raise ModelError(
+        f"{p}: no model bundle here (looked for {META_FILE} in it and in its model/ folder)",
+        hint="pass a bundle folder, a run directory of `phalanx simulate`, or a .zip from"
+        " `phalanx model pull`",
+    )
+
+
+def bundle_digest(path_dir: str | os.PathLike[str]) -> str:
+    """sha256 over the bundle's metadata and weights files: the model's identity."""
+
+    h = hashlib.sha256()
+    for name in (META_FILE, WEIGHTS_FILE):
+        path = Path(path_dir) / name
+        try:
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as err:
+            raise ModelError(f"cannot read model bundle file {path}: {err}") from err
+    return h.hexdigest()

@@ -16,7 +16,8 @@ certificate against the CA, its validity window, the revocation list (re-read wh
 changes, so a revocation takes effect on the next connection) and the federation name.
 
 P-256 rather than Ed25519: gRPC's TLS stack and most TLS 1.2 peers accept ECDSA P-256, while
-Ed25519 certificates are refused by several of them.
+Ed25519 certificates are refused by several of them. Model bundles are signed with a separate
+Ed25519 key whose certificate the same CA issues (:mod:`.signing`, ``coordinators/<host>/signing``).
 """
 
 from phalanx.adapters.pki.authority import (
@@ -36,19 +37,35 @@ from phalanx.adapters.pki.identity import (
     check_name,
     identity_from_pem,
 )
+from phalanx.adapters.pki.signing import (
+    SIG_FILE,
+    SignatureStatus,
+    Signer,
+    check_signature,
+    issue_signer,
+    require_signature,
+    sign_bundle,
+)
 
 __all__ = [
     "REASONS",
     "ROLES",
+    "SIG_FILE",
     "Identity",
     "IdentityFiles",
     "RevokedEntry",
     "Role",
+    "SignatureStatus",
+    "Signer",
     "TrustRoot",
     "check_name",
+    "check_signature",
     "identity_from_pem",
     "init_ca",
     "issue",
+    "issue_signer",
     "load_identity",
+    "require_signature",
     "revoke",
+    "sign_bundle",
 ]

@@ -18,6 +18,9 @@ from phalanx.core.errors import ConfigError, TrustError
 
 Role = Literal["participant", "admin", "coordinator"]
 ROLES: tuple[Role, ...] = get_args(Role)
+Usage = Literal["tls", "model-signing"]
+"""What a certificate is checked for: a TLS peer (client or server auth by role) or the
+coordinator's model-signing key (code signing, Ed25519)."""
 URI_SCHEME = "phalanx"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -70,10 +73,14 @@ class TrustRoot:
     crl:
         The revocation list (``crl.pem``); re-read whenever the file changes. Missing or
         unreadable at verification time means every certificate is refused (fail closed).
+        ``None`` skips revocation checks altogether: only for offline checks of a model
+        signature where no CRL copy is at hand (``phalanx detect --trust ca.crt``), and
+        :attr:`checks_revocation` says so.
     """
 
-    def __init__(self, ca_cert: Path, crl: Path) -> None:
-        self.ca_path, self.crl_path = Path(ca_cert), Path(crl)
+    def __init__(self, ca_cert: Path, crl: Path | None) -> None:
+        self.ca_path = Path(ca_cert)
+        self.crl_path = Path(crl) if crl is not None else None
         if not self.ca_path.is_file():
             raise ConfigError(f"{self.ca_path}: CA certificate file is missing")
         self.ca = read_cert(self.ca_path.read_bytes(), str(self.ca_path))
@@ -99,7 +106,14 @@ class TrustRoot:
         """The trust root of an identity folder's ``ca.crt`` with a copy of the CRL."""
         return cls(Path(directory) / "ca.crt", crl)
 
-    def verify(self, cert_pem: bytes, *, now: datetime | None = None) -> Identity:
+    @property
+    def checks_revocation(self) -> bool:
+        """False when the trust root was made without a CRL."""
+        return self.crl_path is not None
+
+    def verify(
+        self, cert_pem: bytes, *, now: datetime | None = None, usage: Usage = "tls"
+    ) -> Identity:
         """Return the identity of a certificate this federation's CA issued and still trusts.
 
         Raises
@@ -141,7 +155,7 @@ class TrustRoot:
                 f"certificate of {who!r} is for federation {ident.federation!r}, expected"
                 f" {self.federation!r}"
             )
-        _check_usage(leaf, ident)
+        _check_usage(leaf, ident, usage)
         return ident
 
     def _revoked_at(self, serial: int) -> datetime | None:
@@ -151,6 +165,8 @@ class TrustRoot:
 
     def _refresh(self) -> None:
         """Re-read the CRL if the file changed since it was last read (caller holds the lock)."""
+        if self.crl_path is None:
+            return
         try:
             st = os.stat(self.crl_path)
         except OSError as err:
@@ -229,9 +245,16 @@ def _identity(cert: x509.Certificate) -> Identity:
     )
 
 
-def _check_usage(cert: x509.Certificate, ident: Identity) -> None:
+def _check_usage(cert: x509.Certificate, ident: Identity, usage: Usage = "tls") -> None:
     server = ident.role == "coordinator"
     want = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    if usage == "model-signing":
+        want = ExtendedKeyUsageOID.CODE_SIGNING
+        if not server:
+            raise TrustError(
+                f"certificate of {ident.name!r} is a {ident.role} certificate; only the"
+                " coordinator signs models"
+            )
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

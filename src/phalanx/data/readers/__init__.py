@@ -2,10 +2,12 @@
 
 Public API::
 
-    FORMATS        # ("nsl-kdd", "unsw-nb15", "cic-ids2017", "netflow-v2")
+    FORMATS        # CSV datasets: ("nsl-kdd", "unsw-nb15", "cic-ids2017", "netflow-v2")
+    RAW_FORMATS    # raw sources read into NetFlow v2: ("pcap", "zeek-conn")
+    ALL_FORMATS    # FORMATS + RAW_FORMATS
     detect_format(path) -> str
     open_flows(path, format="auto", *, chunk_rows=65536, errors="strict", overrides=None)
-        -> FlowReader                         # iterable of FlowBatch; .format .schema .path .report
+        -> FlowReader | RecordReader          # iterable of FlowBatch; .format .schema .path .report
     read_flows(path, format="auto", **kw) -> (FlowBatch, ReadReport)
     inspect_file(path, format="auto", errors="strict") -> dict
 
@@ -22,15 +24,28 @@ import numpy as np
 from phalanx.core.errors import ConfigError, FormatError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.schema import ColumnKind
-from phalanx.data.readers.base import FORMATS, ErrorMode, Plan, ReadReport, check_mode
+from phalanx.data.readers import pcap, zeek
+from phalanx.data.readers.base import (
+    ALL_FORMATS,
+    FORMATS,
+    RAW_FORMATS,
+    ErrorMode,
+    Plan,
+    ReadReport,
+    check_mode,
+)
 from phalanx.data.readers.csvio import FlowReader
 from phalanx.data.readers.detect import PLANNERS, detect_format, detect_head, guess
-from phalanx.data.readers.inputs import read_head
+from phalanx.data.readers.flowbuild import RecordReader
+from phalanx.data.readers.inputs import Head, read_head
 
 __all__ = [
+    "ALL_FORMATS",
     "FORMATS",
+    "RAW_FORMATS",
     "FlowReader",
     "ReadReport",
+    "RecordReader",
     "detect_format",
     "inspect_file",
     "open_flows",
@@ -38,8 +53,7 @@ __all__ = [
 ]
 
 
-def _plan(path: Path, format: str, overrides: dict[str, ColumnKind] | None) -> Plan:
-    head = read_head(path)
+def _plan(path: Path, head: Head, format: str, overrides: dict[str, ColumnKind] | None) -> Plan:
     if format == "auto":
         return PLANNERS[detect_head(path, head)](path, head, overrides)
     try:
@@ -65,16 +79,18 @@ def open_flows(
     chunk_rows: int = 65536,
     errors: ErrorMode = "strict",
     overrides: dict[str, ColumnKind] | None = None,
-) -> FlowReader:
+) -> FlowReader | RecordReader:
     """Open a flow dataset file for streaming.
 
     Parameters
     ----------
     path:
         A ``.csv``/``.txt``/``.arff`` file, optionally gzip/bz2/zstd-compressed or a ``.zip``
-        holding one file.
+        holding one file; a Zeek ``conn.log`` (TSV or JSON lines, optionally compressed); or an
+        uncompressed pcap/pcapng capture.
     format:
-        ``"auto"`` (detect from the header and content) or one of :data:`FORMATS`.
+        ``"auto"`` (detect from the header, magic number and content) or one of
+        :data:`ALL_FORMATS`.
     chunk_rows:
         Rows per :class:`FlowBatch` (the last one may hold fewer).
     errors:
@@ -93,7 +109,18 @@ def open_flows(
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be at least 1, found {chunk_rows}")
     p = Path(path)
-    return FlowReader(p, _plan(p, format, overrides), chunk_rows=chunk_rows, errors=errors)
+    head = read_head(p)
+    kind = detect_head(p, head) if format == "auto" else format
+    if kind in RAW_FORMATS:
+        if overrides:
+            raise ConfigError(
+                f"column overrides do not apply to {kind} input: it is read into the full"
+                " NetFlow v2 schema",
+                hint="drop the overrides, or convert the flows to a NetFlow v2 CSV first",
+            )
+        opener = pcap.open_pcap if kind == "pcap" else zeek.open_zeek
+        return opener(p, head, chunk_rows=chunk_rows, errors=errors)
+    return FlowReader(p, _plan(p, head, kind, overrides), chunk_rows=chunk_rows, errors=errors)
 
 
 def read_flows(path: str | Path, format: str = "auto", **kw: Any) -> tuple[FlowBatch, ReadReport]:
@@ -105,7 +132,7 @@ def read_flows(path: str | Path, format: str = "auto", **kw: Any) -> tuple[FlowB
     return _empty(reader), reader.report
 
 
-def _empty(reader: FlowReader) -> FlowBatch:
+def _empty(reader: FlowReader | RecordReader) -> FlowBatch:
     schema = reader.schema
     return FlowBatch(
         schema=schema,

@@ -15,7 +15,11 @@ from phalanx.core.errors import ConfigError
 from phalanx.core.features.schema import FeatureSchema
 
 FORMATS: tuple[str, ...] = ("nsl-kdd", "unsw-nb15", "cic-ids2017", "netflow-v2")
-"""Format names a user can pass (``--format``); ``"auto"`` detects one of them."""
+"""Flow dataset (CSV) format names a user can pass (``--format``)."""
+RAW_FORMATS: tuple[str, ...] = ("pcap", "zeek-conn")
+"""Raw sources read into the NetFlow v2 schema: packet captures and Zeek conn logs."""
+ALL_FORMATS: tuple[str, ...] = FORMATS + RAW_FORMATS
+"""Every format name ``--format`` accepts; ``"auto"`` detects one of them."""
 
 ErrorMode = Literal["strict", "collect"]
 
@@ -37,9 +41,9 @@ def column_key(name: str) -> str:
 
 def check_mode(format: str, errors: str) -> None:
     """Refuse an unknown format name or error mode with a :class:`ConfigError`."""
-    if format != "auto" and format not in FORMATS:
+    if format != "auto" and format not in ALL_FORMATS:
         raise ConfigError(
-            f"unknown data format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}"
+            f"unknown data format {format!r}; expected 'auto' or one of {', '.join(ALL_FORMATS)}"
         )
     if errors not in ("strict", "collect"):
         raise ConfigError(f"unknown error mode {errors!r}; expected 'strict' or 'collect'")

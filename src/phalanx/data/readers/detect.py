@@ -7,8 +7,8 @@ from pathlib import Path
 
 from phalanx.core.errors import FormatError
 from phalanx.core.features.schema import ColumnKind
-from phalanx.data.readers import cicids, netflow, nslkdd, unsw
-from phalanx.data.readers.base import FORMATS, Plan
+from phalanx.data.readers import cicids, netflow, nslkdd, pcap, unsw, zeek
+from phalanx.data.readers.base import ALL_FORMATS, Plan
 from phalanx.data.readers.inputs import Head, read_head
 
 Planner = Callable[[Path, Head, dict[str, ColumnKind] | None], Plan]
@@ -25,13 +25,15 @@ SCORERS: dict[str, Scorer] = {
     "unsw-nb15": unsw.score,
     "cic-ids2017": cicids.score,
     "netflow-v2": netflow.score,
+    "pcap": pcap.score,
+    "zeek-conn": zeek.score,
 }
 _MIN_SCORE = 0.5
 
 
 def guess(head: Head) -> str | None:
     """The best-matching format of a head, or ``None`` when none matches well enough."""
-    scores = {name: SCORERS[name](head) for name in FORMATS}
+    scores = {name: SCORERS[name](head) for name in ALL_FORMATS}
     best = max(scores, key=lambda k: scores[k])
     return best if scores[best] >= _MIN_SCORE else None
 
@@ -45,8 +47,8 @@ def detect_head(path: Path, head: Head) -> str:
             str(path),
             "not a flow format Phalanx recognises",
             line=1,
-            expected=f"one of {', '.join(FORMATS)} (by header names or, for headerless"
-            " files, by content)",
+            expected=f"one of {', '.join(ALL_FORMATS)} (by header names, magic numbers or,"
+            " for headerless files, by content)",
             found=first[0][0] if first else head.data[:80].decode("utf-8", errors="replace"),
             hint="pass --format if you know the format; see docs/data.md",
         )
@@ -54,7 +56,7 @@ def detect_head(path: Path, head: Head) -> str:
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of the file at ``path``: one of :data:`FORMATS`.
+    """The format of the file at ``path``: one of :data:`ALL_FORMATS`.
 
     Raises
     ------
