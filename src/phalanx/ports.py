@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from phalanx.core.errors import PhalanxError
 from phalanx.core.messages import Reply, Task
+from phalanx.core.privacy.spec import LedgerEntry, PrivacyEvent
 from phalanx.core.types import ParticipantId
 
 
@@ -180,4 +181,40 @@ class CoordinatorLink(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+class Accountant(Protocol):
+    """A differential-privacy accountant (``phalanx.adapters.accounting`` wraps dp_accounting).
+
+    Failures are :class:`~phalanx.core.errors.PrivacyError`.
+    """
+
+    name: str
+
+    def epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
+        """The epsilon at ``delta`` of all ``events`` composed (0 when there are none)."""
+        ...
+
+    def noise_multiplier(
+        self, *, epsilon: float, delta: float, sampling_rate: float, steps: int
+    ) -> float:
+        """The smallest Gaussian noise multiplier whose ``steps`` Poisson-sampled runs at
+        ``sampling_rate`` cost at most ``(epsilon, delta)``."""
+        ...
+
+
+class PrivacyLedger(Protocol):
+    """A participant's own record of the privacy it has spent (never the coordinator's)."""
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Append a charged release (durably, before the update leaves)."""
+        ...
+
+    def entries(self, federation: str | None = None) -> list[LedgerEntry]:
+        """Charged releases in the order recorded, optionally of one federation."""
+        ...
+
+    def refusal(self, federation: str, round: int, reason: str) -> None:
+        """Remember a task the participant declined, and why."""
         ...

@@ -11,6 +11,9 @@ config key                meaning
 ``proximal_mu``           FedProx proximal strength (Li et al., MLSys 2020); 0 disables it
 ``scaffold``              non-zero: SCAFFOLD local steps (Karimireddy et al., ICML 2020)
 ``seed``                  read by :func:`build_model`: seeds initialization, shuffling, dropout
+``dp``                    ``{mode: record, noise_multiplier, clip, ...}``: record-level DP-SGD
+                          (Abadi et al., CCS 2016) in :mod:`phalanx.models.dpsgd`; other modes
+                          are client-level and handled outside local training
 ========================  ====================================================================
 
 Other keys (``model``, ``transform`` ...) are ignored here.
@@ -30,8 +33,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from phalanx.core.errors import ConfigError, ModelError
+from phalanx.core.privacy.noise import secure_generator
+from phalanx.core.privacy.spec import DPTaskSpec
 from phalanx.core.types import Weights
 from phalanx.models.autoencoder import AutoencoderDetector
+from phalanx.models.dpsgd import dp_sgd_fit
 from phalanx.models.mlp import MLPClassifier
 
 SCAFFOLD_STATE_KEY = "scaffold_control"
@@ -44,11 +50,12 @@ LocalResult = tuple[Weights, int, dict[str, float], dict[str, Weights]]
 MODEL_KINDS = ("mlp", "autoencoder")
 _SPEC_KEYS = {
     "mlp": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
-            "momentum", "weight_decay", "n_classes"},
+            "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing"},
     "autoencoder": {"hidden", "lr", "batch_size", "epochs", "optimizer", "momentum",
                     "weight_decay", "target_fpr"},
 }  # fmt: skip
-_IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes"}
+_IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes", "logit_adjust",
+                           "label_smoothing"}  # fmt: skip
 
 
 def build_model(
@@ -117,6 +124,7 @@ def local_train(
     extras: Mapping[str, Weights],
     *,
     state: MutableMapping[str, Weights] | None = None,
+    noise_rng: np.random.Generator | None = None,
 ) -> LocalResult:
     """Train ``model`` (already holding the global weights) as the task says.
 
@@ -135,13 +143,17 @@ def local_train(
         as before the first aggregation).
     state:
         Participant state kept across rounds; required for SCAFFOLD.
+    noise_rng:
+        Source of DP-SGD's sampling and noise; ``None`` (production) draws a fresh generator
+        from the OS CSPRNG. Pass a seeded one only in tests.
 
     Returns
     -------
     tuple
         ``(weights, num_examples, metrics, extras_out)``: the new local weights, the rows
-        trained on, ``{"loss", "steps", "epochs"}``, and for SCAFFOLD
-        ``{"control_delta": c_i+ - c_i}`` (else ``{}``).
+        trained on, ``{"loss", "steps", "epochs"}`` (plus ``dp_sampling_rate``, ``dp_steps``,
+        ``dp_noise_multiplier``, ``dp_clipped_fraction`` under record-level DP), and for
+        SCAFFOLD ``{"control_delta": c_i+ - c_i}`` (else ``{}``).
 
     Raises
     ------
@@ -160,6 +172,9 @@ def local_train(
     if not (math.isfinite(mu) and mu >= 0):
         raise ConfigError(f"task config proximal_mu must be >= 0; found {mu}")
     global_weights = model.get_weights()
+    dp = DPTaskSpec.from_config(config)
+    if dp is not None and dp.mode == "record":
+        return _record_dp_train(model, X, y, config, dp, epochs, mu, global_weights, noise_rng)
     control: tuple[Weights, Weights] | None = None
     if float(config.get("scaffold", 0.0)) != 0.0:
         if state is None:
@@ -194,6 +209,58 @@ def local_train(
         state[SCAFFOLD_STATE_KEY] = model.last_control_
         extras_out["control_delta"] = model.last_control_delta_
     return model.get_weights(), stats.examples, metrics, extras_out
+
+
+def _record_dp_train(
+    model: Model,
+    X: ArrayLike,
+    y: ArrayLike | None,
+    config: Mapping[str, Any],
+    dp: DPTaskSpec,
+    epochs: int,
+    mu: float,
+    global_weights: Weights,
+    noise_rng: np.random.Generator | None,
+) -> LocalResult:
+    """Local training with record-level DP-SGD (:func:`phalanx.models.dpsgd.dp_sgd_fit`)."""
+    if float(config.get("scaffold", 0.0)) != 0.0:
+        raise ConfigError(
+            "record-level DP cannot run with SCAFFOLD: the control variates would leave the"
+            " organization without noise",
+            hint="use fedavg, fedprox, fedavgm, fedadam or fedyogi with DP",
+        )
+    if dp.noise_multiplier is None:
+        raise ConfigError(
+            "record-level DP task has no noise_multiplier",
+            hint="the participant's privacy middleware calibrates it from target_epsilon",
+        )
+    if isinstance(model, MLPClassifier) and y is None:
+        raise ModelError("MLPClassifier needs labels (y) for local training")
+    rng = noise_rng if noise_rng is not None else secure_generator()
+    run = dp_sgd_fit(
+        model,
+        X,
+        y,
+        epochs=epochs,
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.clip,
+        rng=rng,
+        proximal_mu=mu,
+        reference=global_weights,
+        class_balance=dp.class_balance,
+    )
+    stats = model.last_stats_
+    metrics = {
+        "loss": stats.loss,
+        "steps": float(stats.steps),
+        "epochs": float(epochs),
+        "dp_sampling_rate": run.sampling_rate,
+        "dp_steps": float(run.steps),
+        "dp_noise_multiplier": run.noise_multiplier,
+        "dp_clipped_fraction": run.clipped_fraction,
+        "dp_max_class_rate": max(run.class_rates, default=run.sampling_rate),
+    }
+    return model.get_weights(), stats.examples, metrics, {}
 
 
 def _whole(value: Any, key: str) -> int:
