@@ -17,6 +17,15 @@ Example::
     rounds = 10
     local_epochs = 1
     seed = 0
+    secure_aggregation = true      # SecAgg+: the coordinator learns only sums (docs/protocol.md)
+    # algorithm = "trimmed-mean"   # a robust aggregator (docs/robustness.md)
+    # quarantine_after = 3         # suspend a participant after 3 flagged rounds (0: never)
+
+    [privacy]                      # optional; each participant also enforces its own budget
+    mode = "none"                  # record | client-central | client-distributed (docs/privacy.md)
+    # epsilon = 8.0                # target per participant over the whole federation
+    # delta = 1e-5
+    # clip = 1.0                   # L2 clipping norm (per example for record, per update else)
 
     [participants]
     enrolled = ["hospital-a", "bank-b", "isp-c"]
@@ -44,6 +53,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -69,6 +79,11 @@ class TrainingSection(_Strict):
     local_epochs: int = Field(1, ge=1, le=1000)
     seed: int = 0
     params: dict[str, float] = Field(default_factory=dict)
+    secure_aggregation: bool = True
+    secagg_clip: float = Field(100.0, gt=0.0)
+    secagg_bucket_size: int | None = Field(None, ge=2)
+    quarantine_after: int = Field(0, ge=0)
+    """Suspend a participant after this many rounds with a flagged update (0: never)."""
 
     @field_validator("algorithm")
     @classmethod
@@ -76,6 +91,17 @@ class TrainingSection(_Strict):
         if v not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {v!r}; expected one of {', '.join(ALGORITHMS)}")
         return v
+
+
+class PrivacySection(_Strict):
+    """Differential privacy of the training tasks (``docs/privacy.md``)."""
+
+    mode: Literal["none", "record", "client-central", "client-distributed"] = "none"
+    epsilon: float | None = Field(None, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    clip: float = Field(1.0, gt=0.0)
+    noise_multiplier: float | None = Field(None, gt=0.0)
+    class_balance: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class ParticipantsSection(_Strict):
@@ -109,6 +135,7 @@ class FederationConfig(_Strict):
     data: DataSection = DataSection()
     model: ModelSpec = ModelSpec()
     training: TrainingSection = TrainingSection()
+    privacy: PrivacySection = PrivacySection()
     participants: ParticipantsSection
     rounds: RoundsSection = RoundsSection()
     server: ServerSection = ServerSection()

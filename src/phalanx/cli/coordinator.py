@@ -22,8 +22,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from phalanx.adapters.crypto import CryptographyBackend
 from phalanx.adapters.grpc.server import CoordinatorServer
-from phalanx.adapters.pki import TrustRoot, load_identity
+from phalanx.adapters.pki import Signer, TrustRoot, load_identity, sign_bundle
+from phalanx.adapters.pki.signing import SIGNING_FOLDER
 from phalanx.adapters.store import (
     SqliteStore,
     list_checkpoints,
@@ -32,16 +34,20 @@ from phalanx.adapters.store import (
 )
 from phalanx.cli.common import connect, setup_runtime, user_errors
 from phalanx.cli.config import FederationConfig, load_config
+from phalanx.cli.privacy import federation_dp
 from phalanx.core.aggregation import make_algorithm
-from phalanx.core.errors import ConfigError, RoundError, TrustError
+from phalanx.core.aggregation.suspicion import Quarantine
+from phalanx.core.errors import ConfigError, RoundError, SecAggError, TrustError
 from phalanx.core.messages import Stage
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord, StageRequest
+from phalanx.core.secagg.params import SecAggSettings
 from phalanx.core.taxonomy import CATEGORIES
-from phalanx.core.types import Weights
+from phalanx.core.types import ParticipantId, Weights
 from phalanx.data.schemas import SCHEMAS
 from phalanx.models.bundle import pack_bundle, save_model
 from phalanx.models.federated import build_model
 from phalanx.services.coordinator import Coordinator
+from phalanx.services.quarantine import QuarantineTransport
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -60,6 +66,14 @@ class CoordinatorHost:
         self.store = SqliteStore(state / "federation.db")
         self.trust = TrustRoot.from_ca_dir(cfg.server.pki_dir)
         key, cert, ca = load_identity(cfg.server.identity_dir).read()
+        signing = cfg.server.identity_dir / SIGNING_FOLDER
+        self.signer = Signer.load(signing) if signing.is_dir() else None
+        if self.signer is None:
+            log.warning(
+                "no model-signing key in %s: published models are unsigned and `phalanx detect`"
+                " will refuse them (issue one with `phalanx pki issue --model-signer`)",
+                signing,
+            )
         schema_name = cfg.data.schema_name
         if schema_name not in SCHEMAS:
             raise ConfigError(
@@ -71,19 +85,44 @@ class CoordinatorHost:
         self.admins = set(cfg.participants.admins)
         train = cfg.training
         self.model_spec = cfg.model.model_dump(mode="json")
+        dp_section, algorithm, weight_cap = federation_dp(
+            cfg, make_algorithm(train.algorithm, **train.params)
+        )
         plan = FederationPlan(
             rounds=train.rounds,
             fraction=cfg.participants.fraction,
             min_participants=cfg.participants.min,
             max_participants=cfg.participants.max,
             seed=train.seed,
-            train_config={"model": self.model_spec, "local_epochs": train.local_epochs},
+            train_config={
+                "model": self.model_spec,
+                "local_epochs": train.local_epochs,
+                **dp_section,
+            },
+            secure_aggregation=train.secure_aggregation,
+            secagg=SecAggSettings(
+                clip_norm=train.secagg_clip,
+                bucket_size=train.secagg_bucket_size,
+                min_members=min(3, max(2, len(self.enrolled)), train.secagg_bucket_size or 3),
+                weight_cap=weight_cap or SecAggSettings.weight_cap,
+            ),
         )
+        if not train.secure_aggregation:
+            log.warning(
+                "secure aggregation is off in %s: the coordinator sees every participant's update",
+                "federation.toml",
+            )
         self.federation = Federation(
-            plan, self.schema, make_algorithm(train.algorithm, **train.params), self._init_weights
+            plan,
+            self.schema,
+            algorithm,
+            self._init_weights,
+            crypto=CryptographyBackend(),
         )
         self.model_bytes: bytes | None = None
+        self.quarantine = Quarantine(train.quarantine_after)
         self._resume()
+        self._restore_quarantine()
         self.server = CoordinatorServer(
             cfg.server.listen,
             server_cert=cert,
@@ -145,6 +184,29 @@ class CoordinatorHost:
         self._publish(done)
         self.store.audit("coordinator.resumed", "coordinator", round=done, checkpoint=str(path))
 
+    def _restore_quarantine(self) -> None:
+        """Flag counts and suspended participants survive a restart (the store is the record)."""
+        for name, (flagged, _) in self.store.flagged_counts().items():
+            self.quarantine.flags[ParticipantId(name)] = flagged
+        for rec in self.store.participants():
+            if rec.status == "suspended":
+                self.quarantine.excluded[ParticipantId(rec.name)] = 0
+
+    def _screen(self, record: RoundRecord) -> None:
+        """Keep the round's suspicion scores and apply the quarantine policy."""
+        if not record.suspicion:
+            return
+        self.store.record_suspicion(
+            record.round, {str(p): scores for p, scores in record.suspicion.items()}
+        )
+        for pid in self.quarantine.observe(record.round, record.suspicion):
+            why = (
+                f"update flagged as suspicious in {self.quarantine.flags[pid]} rounds"
+                f" (quarantine_after = {self.quarantine.after})"
+            )
+            self.store.quarantine(str(pid), record.round, why)
+            console.print(f"[bold red]quarantined[/] {pid} after round {record.round}: {why}")
+
     def _publish(self, round_id: int) -> tuple[Path, str]:
         fed = self.federation
         transform = fed.transform
@@ -172,30 +234,35 @@ class CoordinatorHost:
             },
         }
         save_model(folder, model, meta)
+        if self.signer is not None:
+            sign_bundle(folder, self.signer)
         self.model_bytes = pack_bundle(folder)
         return folder, hashlib.sha256(self.model_bytes).hexdigest()
 
     def on_stage(self, req: StageRequest) -> None:
         self.phase = f"round {req.round} {req.stage.value}"
-        if req.stage is Stage.FIT:
+        secure_start = req.stage is Stage.SECAGG_ADVERTISE and req.round >= 1
+        if req.stage is Stage.FIT or secure_start:
             self.store.begin_round(req.round, sorted(req.tasks))
 
     def on_round(self, record: RoundRecord) -> None:
         meta, arrays = self.federation.snapshot()
         save_checkpoint(self.checkpoints, record.round, arrays, {"federation": meta})
         folder, sha = self._publish(record.round)
-        timing = self.coordinator.timings[-1] if self.coordinator.timings else None
+        # every stage of the round (one FIT stage, or the four secure-aggregation stages)
+        timings = [t for t in self.coordinator.timings if t.round == record.round]
         self.store.complete_round(
             record.round,
             participants=list(record.participants),
-            bytes_up=timing.bytes_up if timing else 0,
-            bytes_down=timing.bytes_down if timing else 0,
+            bytes_up=sum(t.bytes_up for t in timings),
+            bytes_down=sum(t.bytes_down for t in timings),
             metrics={**record.train_metrics, "left_out": len(record.refused)},
             model_sha256=sha,
             model_path=str(folder),
         )
         for pid, why in record.refused.items():
             self.store.audit("round.left_out", str(pid), round=record.round, reason=why)
+        self._screen(record)
         console.print(
             f"round {record.round}/{self.cfg.training.rounds}: {len(record.participants)}"
             f" participants, loss {record.train_metrics.get('loss', float('nan')):.4f}"
@@ -216,6 +283,12 @@ class CoordinatorHost:
             "recent_rounds": [_jsonable(asdict(r)) for r in self.store.rounds(limit=5)],
             "bytes_down": self.server.transport.bytes_down,
             "bytes_up": self.server.transport.bytes_up,
+            "suspicious": {
+                name: {"flagged_rounds": f, "scored_rounds": n}
+                for name, (f, n) in self.store.flagged_counts().items()
+                if f
+            },
+            "quarantined": sorted(self.quarantine.excluded),
         }
 
     def run(self, stop: threading.Event) -> None:
@@ -233,7 +306,7 @@ class CoordinatorHost:
         )
         self.coordinator = Coordinator(
             self.federation,
-            self.server.transport,
+            QuarantineTransport(self.server.transport, self.quarantine),
             deadline_s=self.cfg.rounds.deadline_s,
             max_retries=self.cfg.rounds.max_retries,
             on_round=self.on_round,
@@ -243,7 +316,7 @@ class CoordinatorHost:
         try:
             try:
                 self.coordinator.run()
-            except RoundError as exc:
+            except (RoundError, SecAggError) as exc:
                 failed = self.federation.round + 1
                 self.phase = f"failed at round {failed}"
                 self.store.fail_round(failed, str(exc))
@@ -332,3 +405,12 @@ def status_command(
             f"{r['bytes_up']:,}",
         )
     console.print(table)
+    suspicious = doc.get("suspicious", {})
+    if suspicious:
+        sus = Table(title="suspicious participants (updates flagged, docs/robustness.md)")
+        for col in ("participant", "flagged rounds", "scored rounds", "quarantined"):
+            sus.add_column(col)
+        for name, v in sorted(suspicious.items()):
+            quarantined = "yes" if name in doc.get("quarantined", []) else ""
+            sus.add_row(name, str(v["flagged_rounds"]), str(v["scored_rounds"]), quarantined)
+        console.print(sus)

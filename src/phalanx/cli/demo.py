@@ -23,7 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from phalanx.adapters.pki import init_ca, issue
+from phalanx.adapters.pki import TrustRoot, init_ca, issue, issue_signer, require_signature
+from phalanx.adapters.pki.signing import SIGNING_FOLDER
 from phalanx.adapters.store import SqliteStore
 from phalanx.cli.common import connect, round_progress, setup_runtime, user_errors
 from phalanx.core.errors import ConfigError, PhalanxError
@@ -79,7 +80,9 @@ def _run_demo(n: int, rounds: int, out: Path, flows: int, epochs: int, seed: int
     work = Path(tempfile.mkdtemp(prefix="phalanx-demo-"))
     pki = work / "pki"
     init_ca(pki, FEDERATION)
-    issue(pki, "coordinator", "localhost")
+    coord = issue(pki, "coordinator", "localhost")
+    # the coordinator signs every bundle it publishes with this Ed25519 key
+    issue_signer(pki, "localhost", out=coord.directory / SIGNING_FOLDER)
     orgs = list(PROFILES[:n])
     for org in orgs:
         issue(pki, "participant", org)
@@ -90,7 +93,7 @@ def _run_demo(n: int, rounds: int, out: Path, flows: int, epochs: int, seed: int
         f'[federation]\nname = "{FEDERATION}"\n\n[data]\nschema = "netflow-v2"\n\n'
         f'[model]\nkind = "mlp"\nhidden = [256, 128]\n\n'
         f'[training]\nalgorithm = "fedavg"\nrounds = {rounds}\nlocal_epochs = {epochs}\n'
-        f"seed = {seed}\n\n"
+        f"seed = {seed}\nsecure_aggregation = true\n\n"
         f'[participants]\nenrolled = {json.dumps(orgs)}\nadmins = ["demo-admin"]\n'
         f"min = {n}\n\n[rounds]\ndeadline_s = 120\nlinger_s = 2\n\n"
         f'[server]\nlisten = "127.0.0.1:{port}"\npki_dir = "pki"\n'
@@ -176,6 +179,10 @@ def _follow(
                     )
         time.sleep(0.5)
         unpack_bundle(client.pull_model(), logs.parent / "model")
+        status = require_signature(
+            logs.parent / "model", TrustRoot.from_ca_dir(logs.parent / "pki")
+        )
+        console.print(f"global model signature: [bold]{status.state}[/] ({status.reason})")
     finally:
         client.close()
 

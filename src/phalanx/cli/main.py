@@ -10,6 +10,9 @@ import typer
 
 from phalanx import __version__
 from phalanx.cli import coordinator, data, demo, participant, pki, simulate
+from phalanx.cli import detect as detect_cli
+from phalanx.cli import model as model_cli
+from phalanx.cli import privacy as privacy_cli
 
 app = typer.Typer(
     name="phalanx",
@@ -25,9 +28,13 @@ app.command("demo")(demo.demo)
 app.add_typer(pki.app, name="pki", help="The federation's certificate authority and identities.")
 app.add_typer(coordinator.app, name="coordinator", help="Run a federation's coordinator.")
 app.add_typer(participant.app, name="participant", help="Take part in a federation.")
+app.add_typer(privacy_cli.app, name="privacy", help="A participant's differential-privacy ledger.")
 app.command("status")(coordinator.status_command)
 model_app = typer.Typer(no_args_is_help=True)
 model_app.command("pull")(participant.pull)
+model_app.command("inspect")(model_cli.inspect)
+app.command("detect")(detect_cli.detect)
+app.command("export")(detect_cli.export)
 app.add_typer(model_app, name="model", help="Global model bundles.")
 
 

@@ -68,6 +68,82 @@ def simulate(
     target_fpr: float = typer.Option(
         0.01, "--target-fpr", help="False-positive rate for the stored alert threshold."
     ),
+    secure_aggregation: bool = typer.Option(
+        False,
+        "--secure-aggregation",
+        help="Aggregate through SecAgg+ (the coordinator learns only sums); see docs/protocol.md.",
+    ),
+    secagg_bucket_size: int | None = typer.Option(
+        None,
+        "--secagg-bucket-size",
+        help="Split each round's participants into buckets of at least this many members, one"
+        " secure sum per bucket (default: one bucket).",
+    ),
+    secagg_clip: float = typer.Option(
+        100.0, "--secagg-clip", help="L2 clipping bound of each secure-aggregation update."
+    ),
+    attack: str = typer.Option(
+        "none",
+        "--attack",
+        help="Poisoning attack by --attackers organizations (simulation only): none | label-flip"
+        " | sign-flip | noise | alie | ipm | backdoor | scaling. See docs/robustness.md.",
+    ),
+    attackers: int = typer.Option(0, "--attackers", help="How many organizations attack."),
+    attack_scale: float | None = typer.Option(
+        None, "--attack-scale", help="Attack strength (default per attack, docs/robustness.md)."
+    ),
+    attack_target: str = typer.Option(
+        "dos", "--attack-target", help="Attack family the backdoor hides (a taxonomy category)."
+    ),
+    poison_rows: int = typer.Option(
+        1000, "--poison-rows", help="Triggered flows each backdoor attacker trains on."
+    ),
+    algorithm_option: list[str] = typer.Option(
+        [],
+        "--algorithm-option",
+        help="KEY=VALUE algorithm parameter, repeatable (e.g. trim_ratio=0.2, byzantine=2).",
+    ),
+    fltrust_root: int = typer.Option(
+        200, "--fltrust-root", help="Flows in the coordinator's FLTrust root dataset."
+    ),
+    quarantine_after: int = typer.Option(
+        0, "--quarantine-after", help="Exclude a participant after K flagged rounds (0: never)."
+    ),
+    dp: str = typer.Option(
+        "none",
+        "--dp",
+        help="Differential privacy: none | record (DP-SGD in every participant) |"
+        " client-central (DP-FedAvg, noise at the coordinator) | client-distributed (integer"
+        " noise under secure aggregation). See docs/privacy.md.",
+    ),
+    epsilon: float | None = typer.Option(
+        None,
+        "--epsilon",
+        help="Target epsilon: per participant (record) or of the federation (client modes);"
+        " the noise multiplier is calibrated to reach it over --rounds.",
+    ),
+    delta: float = typer.Option(1e-5, "--delta", help="Delta of the DP guarantee."),
+    clip: float = typer.Option(
+        1.0, "--clip", help="L2 clipping norm: per example (record) or per participant update."
+    ),
+    noise_multiplier: float | None = typer.Option(
+        None, "--noise-multiplier", help="Noise std over --clip (instead of --epsilon)."
+    ),
+    participant_epsilon: float | None = typer.Option(
+        None,
+        "--participant-epsilon",
+        help="Each participant's own budget; it refuses rounds past it (default: --epsilon).",
+    ),
+    adaptive_clip: bool = typer.Option(
+        False,
+        "--adaptive-clip",
+        help="client-central: track the median update norm (Andrew et al. 2021) from --clip.",
+    ),
+    dp_class_balance: float = typer.Option(
+        0.0,
+        "--dp-class-balance",
+        help="record: class-balanced sampling exponent, 1 balanced, 0 uniform (docs/privacy.md).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Simulate a federation on this machine and report it against baselines."""
@@ -93,6 +169,25 @@ def simulate(
                 synthetic_flows=synthetic_flows,
                 workers=workers,
                 target_fpr=target_fpr,
+                dp=dp,
+                epsilon=epsilon,
+                delta=delta,
+                clip=clip,
+                noise_multiplier=noise_multiplier,
+                participant_epsilon=participant_epsilon,
+                adaptive_clip=adaptive_clip,
+                dp_class_balance=dp_class_balance,
+                attack=attack,
+                attackers=attackers,
+                attack_scale=attack_scale,
+                attack_target=attack_target,
+                poison_rows=poison_rows,
+                algorithm_options=_options(algorithm_option),
+                fltrust_root=fltrust_root,
+                quarantine_after=quarantine_after,
+                secure_aggregation=secure_aggregation,
+                secagg_bucket_size=secagg_bucket_size,
+                secagg_clip=secagg_clip,
                 model=ModelSpec(
                     kind=model,
                     hidden=_hidden(hidden or ("64,16" if model == "autoencoder" else "256,128")),
@@ -126,6 +221,23 @@ def simulate(
         if out is not None:
             write_run(result, out)
             console.print(f"run directory: [bold]{out}[/] (report.md, summary.json, model/)")
+
+
+def _options(items: list[str]) -> dict[str, float]:
+    """``KEY=VALUE`` pairs of ``--algorithm-option`` as numbers."""
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not key.strip() or number != number:
+            raise ConfigError(
+                f"--algorithm-option expects KEY=NUMBER like trim_ratio=0.2; found {item!r}"
+            )
+        out[key.strip()] = number
+    return out
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -176,11 +288,48 @@ def _print_summary(summary: dict[str, Any]) -> None:
             ),
         )
     console.print(table)
+    _print_attack(summary)
+    _print_privacy(summary)
     console.print(
         f"{summary['rounds']} rounds, {summary['participants']} participants,"
         f" {summary['bytes_down'] / 1e6:.1f} MB down, {summary['bytes_up'] / 1e6:.1f} MB up,"
         f" {summary['wall_s']:.1f} s"
     )
+
+
+def _print_privacy(summary: dict[str, Any]) -> None:
+    """The DP guarantee of the run and what the participants' own ledgers charged."""
+    p = summary.get("privacy")
+    if not p:
+        return
+    console.print(
+        f"differential privacy: {p['mechanism']}; ({p['epsilon']:.3f}, {p['delta']:g})-DP per"
+        f" {p['unit']} over {p['rounds']} rounds; largest epsilon a participant's ledger"
+        f" charged: {p['max_epsilon_spent']:.3f}"
+    )
+
+
+def _print_attack(summary: dict[str, Any]) -> None:
+    """The attack, its success rate and the suspicious participants (when there was one)."""
+    att = summary.get("attack", {})
+    susp = summary.get("suspicion", {}).get("participants", {})
+    if att.get("kind", "none") != "none":
+        asr = att.get("attack_success_rate")
+        console.print(
+            f"attack {att['kind']} by {', '.join(att['attackers']) or 'nobody'}"
+            + ("" if asr is None else f"; backdoor success {100 * asr:.1f}%")
+        )
+    flagged = {p: v["flagged_rounds"] for p, v in susp.items() if v["flagged_rounds"]}
+    if flagged:
+        console.print(
+            "flagged as suspicious (rounds): "
+            + ", ".join(f"{p} ({n})" for p, n in sorted(flagged.items()))
+        )
+    excluded = summary.get("quarantine", {}).get("excluded", {})
+    if excluded:
+        console.print(
+            "quarantined: " + ", ".join(f"{p} after round {r}" for p, r in excluded.items())
+        )
 
 
 def _f(v: Any) -> str:

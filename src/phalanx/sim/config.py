@@ -7,7 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi")
+ALGORITHMS = (
+    "fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi",
+    # Byzantine-robust (docs/robustness.md)
+    "median", "trimmed-mean", "krum", "multi-krum", "centered-clipping", "norm-bound", "fltrust",
+)  # fmt: skip
 
 
 class ModelSpec(BaseModel):
@@ -21,6 +25,9 @@ class ModelSpec(BaseModel):
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(256, ge=1)
     class_weight: Literal["balanced", "none"] = "balanced"
+    logit_adjust: float = Field(0.0, ge=0.0, le=10.0)
+    """Logit-adjusted loss strength tau (Menon et al., ICLR 2021); see MLPClassifier."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class SimConfig(BaseModel):
@@ -48,8 +55,44 @@ class SimConfig(BaseModel):
     target_fpr: float = Field(0.01, gt=0.0, lt=1.0)
     synthetic_flows: int = Field(20_000, ge=100)
     workers: int = Field(2, ge=1, le=64)
+    secure_aggregation: bool = False
+    secagg_bucket_size: int | None = Field(None, ge=2)
+    secagg_clip: float = Field(100.0, gt=0.0)
     model: ModelSpec = ModelSpec()
     out: Path | None = None
+    # differential privacy (issue #6, docs/privacy.md)
+    dp: Literal["none", "record", "client-central", "client-distributed"] = "none"
+    epsilon: float | None = Field(None, gt=0.0)
+    """Target epsilon: per participant for record mode, of the federation for client modes."""
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    clip: float = Field(1.0, gt=0.0)
+    noise_multiplier: float | None = Field(None, gt=0.0)
+    participant_epsilon: float | None = Field(None, gt=0.0)
+    """Each participant's own budget (default: --epsilon, or unlimited tracking)."""
+    adaptive_clip: bool = False
+    dp_class_balance: float = Field(0.0, ge=0.0, le=1.0)
+    """Record mode: class-balanced sampling exponent (1 balanced, 0 uniform; docs/privacy.md)."""
+    # poisoning and robustness (issue #8, docs/robustness.md)
+    algorithm_options: dict[str, float] = Field(default_factory=dict)
+    """Extra algorithm parameters (e.g. ``trim_ratio``, ``byzantine``), as for federation.toml."""
+    attack: str = "none"
+    attackers: int = Field(0, ge=0)
+    attack_scale: float | None = None
+    attack_target: str = "dos"
+    poison_rows: int = Field(1000, ge=1)
+    fltrust_root: int = Field(200, ge=10)
+    """Labelled flows of the coordinator's FLTrust root dataset (drawn from validation)."""
+    quarantine_after: int = Field(0, ge=0)
+    """Exclude a participant after this many flagged rounds (0: never)."""
+
+    @field_validator("attack")
+    @classmethod
+    def _attack(cls, v: str) -> str:
+        from phalanx.sim.attacks import ATTACKS
+
+        if v not in ATTACKS:
+            raise ValueError(f"unknown attack {v!r}; expected one of {', '.join(ATTACKS)}")
+        return v
 
     @field_validator("algorithm")
     @classmethod

@@ -208,4 +208,96 @@ def write_report(
             f" {_fmt(h['test']['accuracy'])} | {h['bytes_down']:,} | {h['bytes_up']:,} |"
             f" {h['seconds']:.2f} |"
         )
+    lines += robustness_section(summary, history)
+    lines += privacy_section(summary)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def robustness_section(summary: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
+    """The "Poisoning and suspicious participants" section of ``report.md`` (issue #8)."""
+    att = summary.get("attack")
+    susp = summary.get("suspicion", {})
+    if att is None and not susp:
+        return []
+    lines = ["", "## Poisoning and suspicious participants", ""]
+    if att is not None and att.get("kind", "none") != "none":
+        lines.append(
+            f"- simulated attack: **{att['kind']}** by {', '.join(att['attackers'])}"
+            + ("" if att.get("scale") is None else f" (scale {att['scale']})")
+        )
+    if att is not None and att.get("attack_success_rate") is not None:
+        lines.append(
+            f"- backdoor (target family {att['target']}, trigger in the raw flow fields):"
+            f" attack success rate {_fmt(att['attack_success_rate'], pct=True)}% of the flows"
+            " the model detects without the trigger pass as benign with it;"
+            f" {_fmt(att['triggered_benign_rate'], pct=True)}% of all triggered flows pass"
+        )
+    if susp.get("attacker_flag_rate") is not None:
+        lines.append(
+            f"- attackers' updates flagged in {_fmt(susp['attacker_flag_rate'], pct=True)}% of"
+            f" their rounds; honest updates in {_fmt(susp['honest_flag_rate'], pct=True)}%"
+        )
+    excluded = summary.get("quarantine", {}).get("excluded", {})
+    if excluded:
+        lines.append(
+            "- quarantined: " + ", ".join(f"{p} after round {r}" for p, r in excluded.items())
+        )
+    per = susp.get("participants", {})
+    if per:
+        lines += [
+            "",
+            "Suspicion scores per participant over the run (docs/robustness.md explains them):",
+            "",
+            "| participant | rounds | flagged rounds | mean distance z | mean max cosine |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for pid, v in per.items():
+            mark = " (attacker)" if v.get("attacker") else ""
+            lines.append(
+                f"| {pid}{mark} | {v['rounds']} | {v['flagged_rounds']} |"
+                f" {v['mean_distance_z']:.2f} | {v['mean_max_cosine']:.3f} |"
+            )
+    rates = [(h["round"], h.get("backdoor", {}).get("attack_success_rate")) for h in history]
+    if any(r is not None for _, r in rates):
+        lines += ["", "| round | backdoor success |", "|---:|---:|"]
+        lines += [f"| {r} | {_fmt(v, pct=True)}% |" for r, v in rates]
+    return lines
+
+
+def privacy_section(summary: dict[str, Any]) -> list[str]:
+    """The "Differential privacy" section of ``report.md`` (issue #6, docs/privacy.md)."""
+    p = summary.get("privacy")
+    if not p:
+        return ["", "## Differential privacy", "", "None: updates were released without noise."]
+    z = p.get("noise_multiplier")
+    z_txt = f"{z[0]:.4f} to {z[1]:.4f}" if isinstance(z, list | tuple) else f"{z:.4f}"
+    q = p.get("sampling_rate")
+    adaptive = " (adaptive, initial)" if p.get("adaptive_clip") else ""
+    lines = [
+        "",
+        "## Differential privacy",
+        "",
+        f"**({p['epsilon']:.3f}, {p['delta']:g})-DP per {p['unit']}** over {p['rounds']} rounds.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| mechanism | {p['mechanism']} |",
+        f"| mode | {p['mode']} |",
+        f"| clipping norm | {p['clip']:g}{adaptive} |",
+        f"| noise multiplier | {z_txt} |",
+        f"| sampling rate | {'per participant (DP-SGD Poisson rate)' if q is None else f'{q:g}'} |",
+        f"| accountant | {p['accountant']} |",
+        f"| participant budget | {p.get('participant_budget') or 'unlimited (tracked)'} |",
+        f"| largest epsilon a participant's ledger charged | {p['max_epsilon_spent']:.4f} |",
+        "",
+        "| participant | rounds charged | epsilon spent |",
+        "|---|---:|---:|",
+    ]
+    for pid, row in p.get("participants", {}).items():
+        lines.append(f"| {pid} | {row['rounds_charged']} | {row['epsilon']:.4f} |")
+    lines += [
+        "",
+        "Not covered by this guarantee: the feature-statistics round (the transform is fit on",
+        "exact sums) and federated evaluation metrics; see docs/privacy.md.",
+    ]
+    return lines

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,21 +21,32 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from phalanx.adapters.accounting import RdpAccountant
+from phalanx.adapters.crypto import CryptographyBackend, simulation_identities
 from phalanx.adapters.inproc import InProcessTransport
 from phalanx.adapters.pool import ProcessPoolTransport
-from phalanx.core.aggregation import make_algorithm
+from phalanx.adapters.store.ledger import SqliteLedger
+from phalanx.core.aggregation import ServerAlgorithm, make_algorithm
+from phalanx.core.aggregation.suspicion import Quarantine
+from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.metrics import confusion_matrix, evaluate, threshold_at_fpr
+from phalanx.core.privacy import AdaptiveClip, Budget, DistributedNoise, DPFedAvg, DPTaskSpec
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord
+from phalanx.core.secagg.params import SecAggSettings
 from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX, FALLBACK
 from phalanx.core.types import ParticipantId, Weights
 from phalanx.models.federated import Model, build_model
 from phalanx.models.mlp import MLPClassifier
 from phalanx.ports import Transport
+from phalanx.services import privacy as dp
 from phalanx.services.coordinator import Coordinator
-from phalanx.services.participant import ModelCache, Participant, category_indices
+from phalanx.services.participant import Middleware, ModelCache, Participant, category_indices
+from phalanx.services.secure import SecureAggregation
+from phalanx.sim import robustness
+from phalanx.sim.attacks import COLLUDING_ATTACKS, AdversarialTransport, poison_parts
 from phalanx.sim.config import SimConfig
 from phalanx.sim.data import SimData, prepare
 
@@ -65,7 +78,24 @@ def algorithm_params(cfg: SimConfig) -> dict[str, float]:
         params["server_momentum"] = cfg.server_momentum
     if cfg.server_lr is not None and cfg.algorithm in ("fedavgm", "fedadam", "fedyogi", "scaffold"):
         params["server_lr"] = cfg.server_lr
+    params.update(cfg.algorithm_options)
     return params
+
+
+def secure_setup(
+    cfg: SimConfig, ids: list[ParticipantId]
+) -> tuple[CryptographyBackend | None, dict[ParticipantId, list[Middleware]]]:
+    """The crypto backend and each participant's secure-aggregation middleware (if enabled).
+
+    Simulated identities are throwaway in-memory Ed25519 keys with a directory of their public
+    keys (a deployment signs with each organization's mTLS certificate key instead). The secure
+    middleware is outermost, so privacy middleware runs inside it on the plain update.
+    """
+    if not cfg.secure_aggregation:
+        return None, {}
+    crypto = CryptographyBackend()
+    signers, verifier = simulation_identities(ids)
+    return crypto, {p: [SecureAggregation(p, crypto, signers[p], verifier)] for p in ids}
 
 
 def make_model(spec: dict[str, Any], n_features: int, seed: int) -> Model:
@@ -103,7 +133,80 @@ def scored_labels(model_kind: str, y: NDArray[np.int64]) -> NDArray[np.int64]:
 
 def train_config(cfg: SimConfig) -> dict[str, Any]:
     """The JSON-ready training parameters sent with every task."""
-    return {"model": cfg.model.model_dump(mode="json"), "local_epochs": cfg.local_epochs}
+    return {
+        "model": cfg.model.model_dump(mode="json"),
+        "local_epochs": cfg.local_epochs,
+        **dp.task_section(dp_spec(cfg)),
+    }
+
+
+def dp_spec(cfg: SimConfig) -> DPTaskSpec | None:
+    """The DP parameters of the run's training tasks (``None`` without ``--dp``)."""
+    return dp.plan_dp(
+        cfg.dp,
+        accountant=RdpAccountant(),
+        clip=cfg.clip,
+        noise_multiplier=cfg.noise_multiplier,
+        epsilon=cfg.epsilon,
+        delta=cfg.delta,
+        rounds=cfg.rounds,
+        fraction=cfg.fraction,
+        min_participants=dp_shares(cfg),
+        federation="simulation",
+        class_balance=cfg.dp_class_balance,
+    )
+
+
+def dp_shares(cfg: SimConfig) -> int:
+    """Noise shares in one secure sum (client-distributed): the smallest bucket's members."""
+    expected = max(1, math.ceil(cfg.fraction * cfg.participants))
+    return min(expected, cfg.secagg_bucket_size or expected)
+
+
+def check_dp_composition(cfg: SimConfig) -> None:
+    """Refuse DP modes that do not compose with the secure-aggregation setting."""
+    if cfg.dp == "client-central" and cfg.secure_aggregation:
+        raise ConfigError(
+            "--dp client-central adds noise to individual updates the coordinator sees, but"
+            " --secure-aggregation hides them",
+            hint="use --dp client-distributed with secure aggregation",
+        )
+    if cfg.dp == "client-distributed":
+        if not cfg.secure_aggregation:
+            raise ConfigError(
+                "--dp client-distributed needs --secure-aggregation (participants add noise"
+                " shares to the masked sum)"
+            )
+        spec = dp_spec(cfg)
+        z = spec.noise_multiplier if spec is not None else None
+        headroom = cfg.clip + 10.0 * (z or 0.0) * math.hypot(cfg.clip, 1.0) / math.sqrt(
+            dp_shares(cfg)
+        )
+        if headroom > cfg.secagg_clip:
+            raise ConfigError(
+                f"--secagg-clip {cfg.secagg_clip:g} leaves no room for the DP noise shares:"
+                f" clip {cfg.clip:g} plus 10 noise standard deviations needs {headroom:.3g}",
+                hint="raise --secagg-clip (the fixed-point range of secure aggregation)",
+            )
+
+
+def dp_algorithm(cfg: SimConfig, algorithm: ServerAlgorithm, n: int) -> ServerAlgorithm:
+    """``algorithm`` wrapped in central DP-FedAvg for ``--dp client-central``."""
+    spec = dp_spec(cfg)
+    if spec is None or spec.mode != "client-central" or spec.noise_multiplier is None:
+        return algorithm
+    expected = max(1, min(n, math.ceil(cfg.fraction * n)))
+    # sigma_b = m / 20 (Andrew et al.), at least 1.5 z so the count takes at most ~6 % more
+    # noise from the update (Theorem 1: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2)
+    sigma_b = max(expected / 20, 1.5 * spec.noise_multiplier)
+    adaptive = AdaptiveClip(cfg.clip, count_noise_std=sigma_b) if cfg.adaptive_clip else None
+    return DPFedAvg(
+        algorithm,
+        clip_norm=cfg.clip,
+        noise_multiplier=spec.noise_multiplier,
+        expected_participants=expected,
+        adaptive=adaptive,
+    )
 
 
 def run_simulation(
@@ -113,10 +216,53 @@ def run_simulation(
     t_start = time.perf_counter()
     data = data if data is not None else prepare(cfg)
     ids = [ParticipantId(f"org-{i + 1:02d}") for i in range(len(data.parts))]
+    attack = robustness.attack_plan(cfg, ids)
+    secure = secure_setup(cfg, ids)
     models = ModelCache()  # one per process: a worker reuses one network for its participants
+    # each participant's own privacy ledger (DP runs only), read back for the report
+    ledger_dir = (
+        tempfile.TemporaryDirectory(prefix="phalanx-ledgers-") if cfg.dp != "none" else None
+    )
+    ledgers = (
+        {p: SqliteLedger(Path(ledger_dir.name) / f"{p}.sqlite") for p in ids} if ledger_dir else {}
+    )
+    budget = Budget(cfg.participant_epsilon or cfg.epsilon or math.inf, cfg.delta)
+
+    check_dp_composition(cfg)
+
+    def privacy(pid: ParticipantId, part: FlowBatch) -> list[Any]:
+        if cfg.dp == "none":
+            return []
+        benign = None if not len(part) else part.category.astype(str) == BENIGN
+        rows = dp.training_rows(benign, len(part), cfg.model.kind)
+        noise = None
+        if cfg.dp == "client-distributed":  # the guard arms the noise secure aggregation adds
+            noise = DistributedNoise()
+            for mw in secure[1][pid]:
+                if isinstance(mw, SecureAggregation):
+                    mw.integer_noise = noise
+        guard = dp.PrivacyGuard(
+            pid,
+            ledger=ledgers[pid],
+            accountant=RdpAccountant(),
+            budget=budget,
+            num_examples=rows,
+            distributed=noise,
+        )
+        return [guard]
+
     participants = {
-        pid: Participant(pid, part, models=models)
-        for pid, part in zip(ids, data.parts, strict=True)
+        pid: Participant(
+            pid,
+            part,
+            models=models,
+            middleware=[
+                *secure[1].get(pid, []),
+                *robustness.attack_middleware(attack, pid, len(ids)),
+                *privacy(pid, part),
+            ],
+        )
+        for pid, part in zip(ids, poison_parts(data.parts, ids, attack), strict=True)
     }
     transport: Transport
     if cfg.workers > 1 and len(ids) > 1:
@@ -127,6 +273,11 @@ def run_simulation(
         )
     else:
         transport = InProcessTransport({p: h.handle for p, h in participants.items()})
+    if attack.kind in COLLUDING_ATTACKS:
+        transport = AdversarialTransport(transport, attack, len(ids))
+    quarantine = Quarantine(cfg.quarantine_after)
+    if cfg.quarantine_after:
+        transport = robustness.QuarantineTransport(transport, quarantine)
     schema = data.parts[0].schema
     tconf = train_config(cfg)
 
@@ -139,9 +290,24 @@ def run_simulation(
         min_participants=min(cfg.min_participants, len(ids)),
         seed=cfg.seed,
         train_config=tconf,
+        secure_aggregation=cfg.secure_aggregation,
+        secagg=SecAggSettings(
+            bucket_size=cfg.secagg_bucket_size,
+            clip_norm=cfg.secagg_clip,
+            # buckets of 2 only when asked for: the coordinator then learns pair sums
+            min_members=min(3, max(2, len(ids)), cfg.secagg_bucket_size or 3),
+            # distributed DP: every member weighs 1, so the noisy sum of weights is m + noise
+            weight_cap=1 if cfg.dp == "client-distributed" else SecAggSettings.weight_cap,
+        ),
     )
+    algorithm = make_algorithm(cfg.algorithm, **algorithm_params(cfg))
+    root_rows = robustness.bind_fltrust_root(algorithm, cfg, data, tconf, lambda: fed.transform)
     fed = Federation(
-        plan, schema, make_algorithm(cfg.algorithm, **algorithm_params(cfg)), init_weights
+        plan,
+        schema,
+        dp_algorithm(cfg, algorithm, len(ids)),
+        init_weights,
+        crypto=secure[0],
     )
     history: list[dict[str, Any]] = []
     test_cache: dict[str, Any] = {}
@@ -153,10 +319,13 @@ def run_simulation(
         assert transform is not None  # rounds only complete after the statistics stage
         if "x" not in test_cache:
             test_cache.update(scoring_arrays(cfg, transform, data))
+            test_cache["triggered"] = robustness.backdoor_test(cfg, data, transform)
         model = make_model(tconf["model"], transform.n_features, cfg.seed)
         model.set_weights(fed.weights)
         proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
         result = evaluate(test_cache["y"], proba, CATEGORIES)
+        suspicion = robustness.round_suspicion(record, algorithm)
+        quarantined = quarantine.observe(record.round, suspicion)
         line = {
             "round": record.round,
             "participants": len(record.participants),
@@ -171,6 +340,9 @@ def run_simulation(
             "bytes_up": transport.bytes_up - last["up"],
             "seconds": now - last["t"],
             "left_out": dict(record.refused),
+            "backdoor": robustness.backdoor_rates(model, test_cache["triggered"]),
+            "suspicion": suspicion,
+            "quarantined": list(quarantined),
         }
         history.append(line)
         if progress is not None:
@@ -194,6 +366,7 @@ def run_simulation(
         test_cache["y"], proba.argmax(axis=1), len(CATEGORIES)
     ).tolist()
     thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
+    federated["binary_calibrated"] = calibrated_binary(cfg, model, test_cache, thresholds)
     summary: dict[str, Any] = {
         "federated": federated,
         "rounds": cfg.rounds,
@@ -208,6 +381,16 @@ def run_simulation(
         "train_rows": int(sum(len(p) for p in data.parts)),
         "schema": {"source": schema.source, "version": schema.version, "hash": schema.hash()},
         "thresholds": thresholds,
+        "attack": {
+            "kind": attack.kind,
+            "attackers": list(attack.attackers),
+            "scale": attack.scale,
+            "target": attack.target,
+            **robustness.backdoor_rates(model, test_cache["triggered"]),
+        },
+        "suspicion": robustness.suspicion_summary(history, attack.attackers),
+        "quarantine": {"after": cfg.quarantine_after, "excluded": dict(quarantine.excluded)},
+        "fltrust_root_rows": root_rows,
         "stages": [
             {
                 "round": t.round,
@@ -220,6 +403,9 @@ def run_simulation(
             for t in coordinator.timings
         ],
     }
+    summary["privacy"] = privacy_summary(cfg, data, ledgers)
+    if ledger_dir is not None:
+        ledger_dir.cleanup()
     if cfg.baselines:
         if progress is not None:
             progress({"phase": "baselines"})
@@ -227,6 +413,46 @@ def run_simulation(
         summary["local_only"] = local_only_baseline(cfg, data)
     summary["wall_s"] = time.perf_counter() - t_start
     return SimulationResult(cfg, summary, history, fed.weights, transform, thresholds, data)
+
+
+def privacy_summary(
+    cfg: SimConfig, data: SimData, ledgers: dict[ParticipantId, SqliteLedger]
+) -> dict[str, Any] | None:
+    """The run's DP guarantee and what each participant's own ledger charged."""
+    spec = dp_spec(cfg)
+    if spec is None:
+        return None
+    accountant = RdpAccountant()
+    spent = dp.ledger_summary(dict(ledgers), accountant, cfg.delta)
+    for ledger in ledgers.values():
+        ledger.close()
+    if spec.mode != "client-central":
+        # the weakest guarantee: the participant whose ledger charged the most
+        worst = spent["max_epsilon_spent"]
+        z = [p["noise_multiplier"] for p in spent["participants"].values() if p["noise_multiplier"]]
+        guarantee: dict[str, Any] = {
+            "mechanism": {
+                "record": "DP-SGD (Abadi et al. 2016), Poisson sampling, Gaussian noise",
+                "client-distributed": "distributed discrete Gaussian under secure aggregation"
+                " (Kairouz et al. 2021)",
+            }[spec.mode],
+            "mode": spec.mode,
+            "unit": "record" if spec.mode == "record" else "participant (all its data)",
+            "epsilon": worst,
+            "delta": cfg.delta,
+            "rounds": cfg.rounds,
+            "sampling_rate": None,
+            "noise_multiplier": (min(z), max(z)) if z else None,
+            "clip": cfg.clip,
+            "accountant": accountant.name,
+        }
+    else:
+        guarantee = dp.federation_guarantee(
+            accountant, spec, rounds=cfg.rounds, sampling_rate=cfg.fraction
+        )
+    guarantee["participant_budget"] = cfg.participant_epsilon or cfg.epsilon
+    guarantee["adaptive_clip"] = cfg.adaptive_clip
+    return {**guarantee, **spent}
 
 
 def scoring_arrays(cfg: SimConfig, transform: FeatureTransform, data: SimData) -> dict[str, Any]:
@@ -271,6 +497,27 @@ def calibrate(
     return out
 
 
+def calibrated_binary(
+    cfg: SimConfig, model: Model, arrays: dict[str, Any], thresholds: dict[str, float]
+) -> dict[str, Any]:
+    """Binary metrics on the test arrays at the threshold calibrated at ``cfg.target_fpr``.
+
+    The MLP's ``binary`` metrics use the fixed cut ``1 - P(benign) > 0.5``; this is the other
+    operating point a deployment can choose (``phalanx detect --fpr``): the threshold that
+    flags ``target_fpr`` of the benign validation flows (never the test flows). For the
+    autoencoder the two coincide.
+    """
+    key = f"fpr={cfg.target_fpr:g}"
+    threshold = thresholds.get(key, 0.5) if isinstance(model, MLPClassifier) else 0.5
+    proba = class_probabilities(model, arrays["x"], arrays["benign"], cfg.target_fpr)
+    rates = evaluate(arrays["y"], proba, CATEGORIES, threshold)["binary"]
+    return {
+        "target_fpr": cfg.target_fpr,
+        "threshold": threshold,
+        **{k: rates[k] for k in ("accuracy", "detection_rate", "fpr")},
+    }
+
+
 def centralized_baseline(
     cfg: SimConfig, data: SimData, transform: FeatureTransform, test_cache: dict[str, Any]
 ) -> dict[str, Any]:
@@ -280,7 +527,10 @@ def centralized_baseline(
     y = category_indices(pooled)
     model = _fit(cfg, x, y, seed=cfg.seed)
     proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
-    return evaluate(test_cache["y"], proba, CATEGORIES)
+    result = evaluate(test_cache["y"], proba, CATEGORIES)
+    thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
+    result["binary_calibrated"] = calibrated_binary(cfg, model, test_cache, thresholds)
+    return result
 
 
 def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
@@ -294,6 +544,9 @@ def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
         proba = class_probabilities(model, x_test, benign, cfg.target_fpr)
         y_test = scored_labels(cfg.model.kind, category_indices(data.test))
         results.append(evaluate(y_test, proba, CATEGORIES))
+        arrays = {"x": x_test, "y": y_test, "benign": benign}
+        thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
+        results[-1]["binary_calibrated"] = calibrated_binary(cfg, model, arrays, thresholds)
     return {
         "mean": reduce_nested(results, np.mean),
         "min": reduce_nested(results, np.min),
@@ -358,11 +611,19 @@ def write_run(result: SimulationResult, out: Path) -> None:
             "rounds": cfg.rounds,
             "participants": result.summary["participants"],
             "seed": cfg.seed,
-            "dp_epsilon": None,
+            "dp_epsilon": (result.summary.get("privacy") or {}).get("epsilon"),
+            "privacy": _bundle_privacy(result.summary.get("privacy")),
         },
     }
     save_model(out / "model", model, metadata)
     write_report(out, result.summary, result.history, result.data.category_matrix)
+
+
+def _bundle_privacy(privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The DP guarantee as the model bundle states it (no per-participant detail)."""
+    if privacy is None:
+        return None
+    return {k: v for k, v in privacy.items() if k != "participants"}
 
 
 def _json_default(value: Any) -> Any:
