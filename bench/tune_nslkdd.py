@@ -54,7 +54,8 @@ from phalanx.models.mlp import MLPClassifier
 from phalanx.services.participant import category_indices
 from phalanx.sim.config import ModelSpec, SimConfig
 from phalanx.sim.data import SimData, parts_category_matrix, stratified_split
-from phalanx.sim.runner import calibrate, make_model, run_simulation
+from phalanx.sim.runner import run_simulation
+from phalanx.sim.scoring import calibrate, make_model
 
 UNSEEN = ("teardrop", "nmap")
 """Attack names held out of training entirely (see the module docstring for the rule)."""

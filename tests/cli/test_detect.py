@@ -22,7 +22,7 @@ from phalanx.models import AutoencoderDetector, MLPClassifier, save_model
 from phalanx.models.explain import Model
 from phalanx.services.detection import choose_threshold
 from phalanx.services.participant import category_indices
-from phalanx.sim.runner import calibrate
+from phalanx.sim.scoring import calibrate
 
 torch.set_num_threads(1)
 runner = CliRunner(env={"COLUMNS": "240"})

@@ -23,7 +23,8 @@ from phalanx.core.privacy import (
     l2_norm,
 )
 from phalanx.core.types import ParticipantId
-from phalanx.services.privacy import PrivacyGuard, plan_dp, task_section
+from phalanx.services.privacy import PrivacyGuard
+from phalanx.services.privacy_plan import plan_dp, task_section
 
 PID = ParticipantId("org-01")
 

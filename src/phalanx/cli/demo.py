@@ -34,16 +34,11 @@ from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.data.synthetic import PROFILES, generate
 from phalanx.models.bundle import load_model, pack_bundle, unpack_bundle
 from phalanx.models.mlp import MLPClassifier
+from phalanx.sim.baselines import centralized_baseline, local_only_baseline
 from phalanx.sim.config import SimConfig
 from phalanx.sim.data import SimData, parts_category_matrix, stratified_split
 from phalanx.sim.report import write_report
-from phalanx.sim.runner import (
-    calibrate,
-    centralized_baseline,
-    local_only_baseline,
-    score,
-    scoring_arrays,
-)
+from phalanx.sim.scoring import calibrate, score, scoring_arrays
 
 console = Console()
 FEDERATION = "phalanx-demo"

@@ -17,7 +17,7 @@ from phalanx.cli.config import FederationConfig
 from phalanx.core.aggregation import ServerAlgorithm
 from phalanx.core.errors import ConfigError
 from phalanx.core.privacy import DPFedAvg
-from phalanx.services.privacy import plan_dp, task_section
+from phalanx.services.privacy_plan import plan_dp, task_section
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()

@@ -16,9 +16,7 @@ what the replies mean. It has no loops, clocks, sockets or timeouts; the coordin
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,97 +27,15 @@ from phalanx.core.features.schema import FeatureSchema
 from phalanx.core.features.stats import FeatureStats, vector_length
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Reply, Stage, Task
+from phalanx.core.plan import FederationPlan, StageRequest, participant_seed
+from phalanx.core.records import RoundRecord, record_from_dict, record_to_dict, weighted_metrics
 from phalanx.core.secagg.crypto import SecAggCrypto
 from phalanx.core.secagg.driver import SecureDriver
-from phalanx.core.secagg.params import SecAggSettings
 from phalanx.core.secagg.round import is_secure
 from phalanx.core.secagg.vectors import fit_length, stats_length
 from phalanx.core.types import ParticipantId, Update, Weights
 
-
-@dataclass(frozen=True)
-class FederationPlan:
-    """What a federation runs.
-
-    Attributes
-    ----------
-    rounds:
-        Training rounds.
-    fraction:
-        Share of available participants sampled each round (at least ``min_participants``).
-    min_participants:
-        Fewest replies a round accepts; fewer is a :class:`RoundError`.
-    max_participants:
-        Most participants sampled in one round (``None``: no cap).
-    seed:
-        Root seed: participant sampling and every participant's per-round training seed derive
-        from it, so a run is reproducible on any transport.
-    federated_stats:
-        Run the ``STATS`` stage to fit the feature transform from everyone's statistics.
-    evaluate:
-        Run an ``EVALUATE`` stage after each round (participants score the new global model on
-        their local validation data).
-    train_config:
-        JSON-ready parameters sent with every ``FIT`` task (model spec, local epochs, lr ...).
-    secure_aggregation:
-        Run ``STATS`` and ``FIT`` through SecAgg+: the coordinator learns only bucket sums.
-    secagg:
-        Clipping, weighting, bucketing and encoding of secure aggregation.
-    """
-
-    rounds: int
-    fraction: float = 1.0
-    min_participants: int = 1
-    max_participants: int | None = None
-    seed: int = 0
-    federated_stats: bool = True
-    evaluate: bool = False
-    train_config: dict[str, Any] = field(default_factory=dict)
-    secure_aggregation: bool = False
-    secagg: SecAggSettings = field(default_factory=SecAggSettings)
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"rounds must be at least 1, found {self.rounds}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"fraction must be in (0, 1], found {self.fraction}")
-        if self.min_participants < 1:
-            raise ConfigError(f"min_participants must be at least 1, found {self.min_participants}")
-        if self.max_participants is not None and self.max_participants < self.min_participants:
-            raise ConfigError(
-                f"max_participants ({self.max_participants}) is below min_participants"
-                f" ({self.min_participants})"
-            )
-
-
-@dataclass(frozen=True)
-class StageRequest:
-    """One stage to run: the tasks to send and how many replies make it count."""
-
-    round: int
-    stage: Stage
-    tasks: dict[ParticipantId, Task]
-    min_replies: int
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What one completed training round produced."""
-
-    round: int
-    participants: tuple[ParticipantId, ...]
-    num_examples: int
-    train_metrics: dict[str, float]
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    refused: dict[ParticipantId, str] = field(default_factory=dict)
-    suspicion: dict[ParticipantId, dict[str, float]] = field(default_factory=dict)
-    """Per-update suspicion scores from the algorithm's ``report()`` (robust aggregators)."""
-
-
-def participant_seed(root: int, round_id: int, participant: ParticipantId) -> int:
-    """The training seed of ``participant`` in ``round_id``: stable across transports."""
-    ss = np.random.SeedSequence([root, round_id, zlib.crc32(str(participant).encode())])
-    return int(ss.generate_state(1, dtype=np.uint32)[0])
+__all__ = ["Federation", "FederationPlan", "RoundRecord", "StageRequest", "participant_seed"]
 
 
 class Federation:
@@ -197,7 +113,7 @@ class Federation:
             "schema_hash": self.schema_hash,
             "transform": self.transform.to_dict() if self.transform is not None else None,
             "rng": self._rng.bit_generator.state,
-            "history": [_record_to_dict(r) for r in self.history],
+            "history": [record_to_dict(r) for r in self.history],
         }
         arrays: dict[str, Weights] = {"weights": list(self.weights)}
         for key, value in self.algorithm.state().items():
@@ -219,7 +135,7 @@ class Federation:
         self.weights = [np.asarray(w, dtype=np.float32) for w in arrays["weights"]]
         self.algorithm.load_state({k[5:]: v for k, v in arrays.items() if k.startswith("algo:")})
         self._rng.bit_generator.state = meta["rng"]
-        self.history = [_record_from_dict(d) for d in meta.get("history", [])]
+        self.history = [record_from_dict(d) for d in meta.get("history", [])]
         self._pending = None
         self._fit_record = None
         if self._secure is not None:
@@ -368,7 +284,7 @@ class Federation:
                 )
             )
         n = sum(u.num_examples for u in updates)
-        train_metrics = _weighted_metrics([(u.num_examples, u.metrics) for u in updates])
+        train_metrics = weighted_metrics([(u.num_examples, u.metrics) for u in updates])
         return self._aggregate(req, updates, tuple(sorted(valid)), n, train_metrics, refused)
 
     def _aggregate(
@@ -404,7 +320,7 @@ class Federation:
     def _finish_eval(self, valid: Mapping[ParticipantId, Reply]) -> RoundRecord:
         record = self._fit_record
         assert record is not None  # an EVALUATE stage only follows a FIT stage
-        metrics = _weighted_metrics([(r.num_examples, r.metrics) for r in valid.values()])
+        metrics = weighted_metrics([(r.num_examples, r.metrics) for r in valid.values()])
         done = RoundRecord(
             round=record.round,
             participants=record.participants,
@@ -441,7 +357,7 @@ class Federation:
             self.weights = self._init_weights(self.transform.n_features)
             return None
         n = sum(u.num_examples for u in out.updates)
-        metrics = _weighted_metrics([(1, m) for m in out.metrics])
+        metrics = weighted_metrics([(1, m) for m in out.metrics])
         return self._aggregate(req, out.updates, out.members, n, metrics, out.refused)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -494,39 +410,3 @@ class Federation:
                 )
             if not all(np.isfinite(a).all() for a in reply.arrays):
                 raise ProtocolError(f"update from {pid!r} in round {req.round} holds NaN or inf")
-
-
-def _record_to_dict(r: RoundRecord) -> dict[str, Any]:
-    return {
-        "round": r.round,
-        "participants": list(r.participants),
-        "num_examples": r.num_examples,
-        "train_metrics": r.train_metrics,
-        "eval_metrics": r.eval_metrics,
-        "refused": dict(r.refused),
-        "suspicion": {p: dict(s) for p, s in r.suspicion.items()},
-    }
-
-
-def _record_from_dict(d: dict[str, Any]) -> RoundRecord:
-    return RoundRecord(
-        round=int(d["round"]),
-        participants=tuple(ParticipantId(p) for p in d["participants"]),
-        num_examples=int(d["num_examples"]),
-        train_metrics={k: float(v) for k, v in d["train_metrics"].items()},
-        eval_metrics={k: float(v) for k, v in d.get("eval_metrics", {}).items()},
-        refused={ParticipantId(k): str(v) for k, v in d.get("refused", {}).items()},
-        suspicion={
-            ParticipantId(p): {str(k): float(v) for k, v in s.items()}
-            for p, s in d.get("suspicion", {}).items()
-        },
-    )
-
-
-def _weighted_metrics(items: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
-    """Example-weighted means of the metrics every item reports."""
-    total = sum(n for n, _ in items)
-    if total <= 0:
-        return {}
-    keys = set.intersection(*(set(m) for _, m in items)) if items else set()
-    return {k: float(sum(n * m[k] for n, m in items) / total) for k in sorted(keys)}

@@ -19,36 +19,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from phalanx.adapters.accounting import RdpAccountant
 from phalanx.adapters.crypto import CryptographyBackend, simulation_identities
 from phalanx.adapters.inproc import InProcessTransport
 from phalanx.adapters.pool import ProcessPoolTransport
 from phalanx.adapters.store.ledger import SqliteLedger
-from phalanx.core.aggregation import ServerAlgorithm, make_algorithm
+from phalanx.core.aggregation import make_algorithm
 from phalanx.core.aggregation.suspicion import Quarantine
-from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
-from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
-from phalanx.core.metrics import confusion_matrix, evaluate, threshold_at_fpr
-from phalanx.core.privacy import AdaptiveClip, Budget, DistributedNoise, DPFedAvg, DPTaskSpec
+from phalanx.core.metrics import confusion_matrix, evaluate
+from phalanx.core.privacy import Budget, DistributedNoise
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord
 from phalanx.core.secagg.params import SecAggSettings
-from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX, FALLBACK
+from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.core.types import ParticipantId, Weights
-from phalanx.models.federated import Model, build_model
-from phalanx.models.mlp import MLPClassifier
+from phalanx.models.federated import build_model
 from phalanx.ports import Transport
 from phalanx.services import privacy as dp
 from phalanx.services.coordinator import Coordinator
-from phalanx.services.participant import Middleware, ModelCache, Participant, category_indices
+from phalanx.services.participant import Middleware, ModelCache, Participant
+from phalanx.services.privacy_plan import task_section
 from phalanx.services.secure import SecureAggregation
 from phalanx.sim import robustness
 from phalanx.sim.attacks import COLLUDING_ATTACKS, AdversarialTransport, poison_parts
+from phalanx.sim.baselines import centralized_baseline, local_only_baseline
 from phalanx.sim.config import SimConfig
 from phalanx.sim.data import SimData, prepare
+from phalanx.sim.privacy import check_dp_composition, dp_algorithm, dp_spec, privacy_summary
+from phalanx.sim.scoring import (
+    calibrate,
+    calibrated_binary,
+    class_probabilities,
+    make_model,
+    scoring_arrays,
+)
 
 log = logging.getLogger("phalanx.sim")
 
@@ -98,115 +104,13 @@ def secure_setup(
     return crypto, {p: [SecureAggregation(p, crypto, signers[p], verifier)] for p in ids}
 
 
-def make_model(spec: dict[str, Any], n_features: int, seed: int) -> Model:
-    """The model of ``spec`` (MLP classifier or autoencoder detector), initialized from ``seed``."""
-    return build_model(spec, n_features, {"seed": seed})
-
-
-def class_probabilities(
-    model: Model, x: NDArray[np.float32], benign_x: NDArray[np.float32], target_fpr: float
-) -> NDArray[np.float64]:
-    """Class probabilities over the taxonomy for scoring.
-
-    An autoencoder is a two-class detector: its anomaly score ``s`` and the threshold ``t``
-    calibrated at ``target_fpr`` on benign validation flows give P(attack) = s / (s + t), put on
-    the fallback category ``other``; so P(attack) > 0.5 exactly when the score exceeds ``t``.
-    """
-    if isinstance(model, MLPClassifier):
-        return np.asarray(model.predict_proba(x), dtype=np.float64)
-    threshold = max(float(threshold_at_fpr(model.score(benign_x), target_fpr)), 1e-12)
-    s = np.asarray(model.score(x), dtype=np.float64)
-    p_attack = s / (s + threshold)
-    proba = np.zeros((len(x), len(CATEGORIES)))
-    proba[:, CATEGORY_INDEX[BENIGN]] = 1.0 - p_attack
-    proba[:, CATEGORY_INDEX[FALLBACK]] = p_attack
-    return proba
-
-
-def scored_labels(model_kind: str, y: NDArray[np.int64]) -> NDArray[np.int64]:
-    """True classes as a model of ``model_kind`` is scored: attacks become ``other`` for the
-    two-class autoencoder."""
-    if model_kind != "autoencoder":
-        return y
-    return np.where(y == CATEGORY_INDEX[BENIGN], y, CATEGORY_INDEX[FALLBACK])
-
-
 def train_config(cfg: SimConfig) -> dict[str, Any]:
     """The JSON-ready training parameters sent with every task."""
     return {
         "model": cfg.model.model_dump(mode="json"),
         "local_epochs": cfg.local_epochs,
-        **dp.task_section(dp_spec(cfg)),
+        **task_section(dp_spec(cfg)),
     }
-
-
-def dp_spec(cfg: SimConfig) -> DPTaskSpec | None:
-    """The DP parameters of the run's training tasks (``None`` without ``--dp``)."""
-    return dp.plan_dp(
-        cfg.dp,
-        accountant=RdpAccountant(),
-        clip=cfg.clip,
-        noise_multiplier=cfg.noise_multiplier,
-        epsilon=cfg.epsilon,
-        delta=cfg.delta,
-        rounds=cfg.rounds,
-        fraction=cfg.fraction,
-        min_participants=dp_shares(cfg),
-        federation="simulation",
-        class_balance=cfg.dp_class_balance,
-    )
-
-
-def dp_shares(cfg: SimConfig) -> int:
-    """Noise shares in one secure sum (client-distributed): the smallest bucket's members."""
-    expected = max(1, math.ceil(cfg.fraction * cfg.participants))
-    return min(expected, cfg.secagg_bucket_size or expected)
-
-
-def check_dp_composition(cfg: SimConfig) -> None:
-    """Refuse DP modes that do not compose with the secure-aggregation setting."""
-    if cfg.dp == "client-central" and cfg.secure_aggregation:
-        raise ConfigError(
-            "--dp client-central adds noise to individual updates the coordinator sees, but"
-            " --secure-aggregation hides them",
-            hint="use --dp client-distributed with secure aggregation",
-        )
-    if cfg.dp == "client-distributed":
-        if not cfg.secure_aggregation:
-            raise ConfigError(
-                "--dp client-distributed needs --secure-aggregation (participants add noise"
-                " shares to the masked sum)"
-            )
-        spec = dp_spec(cfg)
-        z = spec.noise_multiplier if spec is not None else None
-        headroom = cfg.clip + 10.0 * (z or 0.0) * math.hypot(cfg.clip, 1.0) / math.sqrt(
-            dp_shares(cfg)
-        )
-        if headroom > cfg.secagg_clip:
-            raise ConfigError(
-                f"--secagg-clip {cfg.secagg_clip:g} leaves no room for the DP noise shares:"
-                f" clip {cfg.clip:g} plus 10 noise standard deviations needs {headroom:.3g}",
-                hint="raise --secagg-clip (the fixed-point range of secure aggregation)",
-            )
-
-
-def dp_algorithm(cfg: SimConfig, algorithm: ServerAlgorithm, n: int) -> ServerAlgorithm:
-    """``algorithm`` wrapped in central DP-FedAvg for ``--dp client-central``."""
-    spec = dp_spec(cfg)
-    if spec is None or spec.mode != "client-central" or spec.noise_multiplier is None:
-        return algorithm
-    expected = max(1, min(n, math.ceil(cfg.fraction * n)))
-    # sigma_b = m / 20 (Andrew et al.), at least 1.5 z so the count takes at most ~6 % more
-    # noise from the update (Theorem 1: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2)
-    sigma_b = max(expected / 20, 1.5 * spec.noise_multiplier)
-    adaptive = AdaptiveClip(cfg.clip, count_noise_std=sigma_b) if cfg.adaptive_clip else None
-    return DPFedAvg(
-        algorithm,
-        clip_norm=cfg.clip,
-        noise_multiplier=spec.noise_multiplier,
-        expected_participants=expected,
-        adaptive=adaptive,
-    )
 
 
 def run_simulation(
@@ -413,165 +317,6 @@ def run_simulation(
         summary["local_only"] = local_only_baseline(cfg, data)
     summary["wall_s"] = time.perf_counter() - t_start
     return SimulationResult(cfg, summary, history, fed.weights, transform, thresholds, data)
-
-
-def privacy_summary(
-    cfg: SimConfig, data: SimData, ledgers: dict[ParticipantId, SqliteLedger]
-) -> dict[str, Any] | None:
-    """The run's DP guarantee and what each participant's own ledger charged."""
-    spec = dp_spec(cfg)
-    if spec is None:
-        return None
-    accountant = RdpAccountant()
-    spent = dp.ledger_summary(dict(ledgers), accountant, cfg.delta)
-    for ledger in ledgers.values():
-        ledger.close()
-    if spec.mode != "client-central":
-        # the weakest guarantee: the participant whose ledger charged the most
-        worst = spent["max_epsilon_spent"]
-        z = [p["noise_multiplier"] for p in spent["participants"].values() if p["noise_multiplier"]]
-        guarantee: dict[str, Any] = {
-            "mechanism": {
-                "record": "DP-SGD (Abadi et al. 2016), Poisson sampling, Gaussian noise",
-                "client-distributed": "distributed discrete Gaussian under secure aggregation"
-                " (Kairouz et al. 2021)",
-            }[spec.mode],
-            "mode": spec.mode,
-            "unit": "record" if spec.mode == "record" else "participant (all its data)",
-            "epsilon": worst,
-            "delta": cfg.delta,
-            "rounds": cfg.rounds,
-            "sampling_rate": None,
-            "noise_multiplier": (min(z), max(z)) if z else None,
-            "clip": cfg.clip,
-            "accountant": accountant.name,
-        }
-    else:
-        guarantee = dp.federation_guarantee(
-            accountant, spec, rounds=cfg.rounds, sampling_rate=cfg.fraction
-        )
-    guarantee["participant_budget"] = cfg.participant_epsilon or cfg.epsilon
-    guarantee["adaptive_clip"] = cfg.adaptive_clip
-    return {**guarantee, **spent}
-
-
-def scoring_arrays(cfg: SimConfig, transform: FeatureTransform, data: SimData) -> dict[str, Any]:
-    """Test features ``x``, scored classes ``y`` and benign validation features ``benign``."""
-    return {
-        "x": transform.transform(data.test),
-        "y": scored_labels(cfg.model.kind, category_indices(data.test)),
-        "benign": transform.transform(data.validation.take(data.validation.category == BENIGN)),
-    }
-
-
-def score(
-    cfg: SimConfig, model: Model, arrays: dict[str, Any], *, confusion: bool = False
-) -> dict[str, Any]:
-    """The summary metrics of ``model`` on the test arrays of :func:`scoring_arrays`."""
-    proba = class_probabilities(model, arrays["x"], arrays["benign"], cfg.target_fpr)
-    result = evaluate(arrays["y"], proba, CATEGORIES)
-    if confusion:
-        result["confusion"] = confusion_matrix(
-            arrays["y"], proba.argmax(axis=1), len(CATEGORIES)
-        ).tolist()
-    return result
-
-
-def calibrate(
-    model: Model, transform: FeatureTransform, validation: FlowBatch, target_fpr: float
-) -> dict[str, float]:
-    """Attack-score thresholds at the target false-positive rates on benign validation flows.
-
-    For the MLP the attack score is 1 - P(benign) and ``default`` is 0.5; for the autoencoder
-    it is the reconstruction error and ``default`` is the threshold at ``target_fpr``.
-    """
-    benign = validation.take(validation.category == BENIGN)
-    if len(benign) == 0:
-        return {"default": 0.5}
-    scores = model.attack_score(transform.transform(benign))
-    out = {"default": 0.5}
-    if not isinstance(model, MLPClassifier):
-        out["default"] = float(threshold_at_fpr(scores, target_fpr))
-    for fpr in sorted({target_fpr, 0.01, 0.001}):
-        out[f"fpr={fpr:g}"] = float(threshold_at_fpr(scores, fpr))
-    return out
-
-
-def calibrated_binary(
-    cfg: SimConfig, model: Model, arrays: dict[str, Any], thresholds: dict[str, float]
-) -> dict[str, Any]:
-    """Binary metrics on the test arrays at the threshold calibrated at ``cfg.target_fpr``.
-
-    The MLP's ``binary`` metrics use the fixed cut ``1 - P(benign) > 0.5``; this is the other
-    operating point a deployment can choose (``phalanx detect --fpr``): the threshold that
-    flags ``target_fpr`` of the benign validation flows (never the test flows). For the
-    autoencoder the two coincide.
-    """
-    key = f"fpr={cfg.target_fpr:g}"
-    threshold = thresholds.get(key, 0.5) if isinstance(model, MLPClassifier) else 0.5
-    proba = class_probabilities(model, arrays["x"], arrays["benign"], cfg.target_fpr)
-    rates = evaluate(arrays["y"], proba, CATEGORIES, threshold)["binary"]
-    return {
-        "target_fpr": cfg.target_fpr,
-        "threshold": threshold,
-        **{k: rates[k] for k in ("accuracy", "detection_rate", "fpr")},
-    }
-
-
-def centralized_baseline(
-    cfg: SimConfig, data: SimData, transform: FeatureTransform, test_cache: dict[str, Any]
-) -> dict[str, Any]:
-    """One model on the pooled training data, ``rounds x local_epochs`` epochs."""
-    pooled = FlowBatch.concat(data.parts)
-    x = transform.transform(pooled)
-    y = category_indices(pooled)
-    model = _fit(cfg, x, y, seed=cfg.seed)
-    proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
-    result = evaluate(test_cache["y"], proba, CATEGORIES)
-    thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
-    result["binary_calibrated"] = calibrated_binary(cfg, model, test_cache, thresholds)
-    return result
-
-
-def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
-    """One model per participant on its own data and its own feature transform."""
-    results = []
-    for i, part in enumerate(data.parts):
-        transform = FeatureTransform.fit(compute_stats(part))
-        model = _fit(cfg, transform.transform(part), category_indices(part), seed=cfg.seed + i + 1)
-        x_test = transform.transform(data.test)
-        benign = transform.transform(data.validation.take(data.validation.category == BENIGN))
-        proba = class_probabilities(model, x_test, benign, cfg.target_fpr)
-        y_test = scored_labels(cfg.model.kind, category_indices(data.test))
-        results.append(evaluate(y_test, proba, CATEGORIES))
-        arrays = {"x": x_test, "y": y_test, "benign": benign}
-        thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
-        results[-1]["binary_calibrated"] = calibrated_binary(cfg, model, arrays, thresholds)
-    return {
-        "mean": reduce_nested(results, np.mean),
-        "min": reduce_nested(results, np.min),
-        "participants": results,
-    }
-
-
-def _fit(cfg: SimConfig, x: NDArray[np.float32], y: NDArray[np.int64], seed: int) -> Model:
-    spec = cfg.model.model_dump(mode="json")
-    model = make_model(spec, x.shape[1], seed)
-    epochs = cfg.rounds * cfg.local_epochs
-    model.partial_fit(x, y, epochs=epochs)  # the autoencoder keeps only the benign rows
-    return model
-
-
-def reduce_nested(items: list[dict[str, Any]], fn: Callable[[Any], Any]) -> dict[str, Any]:
-    """Element-wise reduction of equally shaped nested metric dicts (None/NaN skipped)."""
-    out: dict[str, Any] = {}
-    for key, value in items[0].items():
-        if isinstance(value, dict):
-            out[key] = reduce_nested([it[key] for it in items], fn)
-        elif isinstance(value, int | float) or value is None:
-            vals = [it[key] for it in items if it[key] is not None and np.isfinite(it[key])]
-            out[key] = float(fn(vals)) if vals else None
-    return out
 
 
 def _one_thread() -> None:
