@@ -127,6 +127,51 @@ def test_signed_model_scores_a_netflow_csv_into_ecs_alerts(
     assert hit[True] / n_attack > 5 * benign_rate
 
 
+def test_a_folder_skips_files_in_no_known_format_and_scores_the_rest(
+    federation: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    (folder / "flows.csv").write_bytes(federation["flows"].read_bytes())
+    (folder / "README.txt").write_text("Captures of 2026-11-29, see the ticket.\n")
+    out = tmp_path / "alerts.jsonl"
+    base = ["detect", "-m", str(federation["mlp"]), "--trust", str(federation["ca"])]
+    res = runner.invoke(app, [*base, "-i", str(folder), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "README.txt" in res.output
+    assert "3,000" in res.output  # every flow of the CSV was scored
+    (folder / "flows.csv").unlink()
+    res = runner.invoke(app, [*base, "-i", str(folder), "-o", str(out)])
+    assert res.exit_code == 2
+    assert "no flow files to score" in res.output
+
+
+def test_calibrate_on_local_benign_traffic_meets_the_fpr_there(
+    federation: dict[str, Path], tmp_path: Path
+) -> None:
+    benign_day = FlowBatch.concat(generate_federation(2, 3000, seed=7))
+    benign_day = benign_day.take(benign_day.category.astype(str) == "benign")
+    local = tmp_path / "our-benign.csv"
+    _write_netflow_csv(local, benign_day)
+    out = tmp_path / "alerts.jsonl"
+    base = ["detect", "-m", str(federation["mlp"]), "--trust", str(federation["ca"])]
+    res = runner.invoke(
+        app,
+        [*base, "-i", str(local), "-o", str(out), "--fpr", "0.05", "--calibrate-on", str(local)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "local benign flows" in res.output
+    # scored on the very traffic it was calibrated on: at most 5% of it alerts
+    assert 0 < len(_alerts(out)) <= 0.05 * len(benign_day)
+    # the model was not touched: its signature still verifies
+    res = runner.invoke(app, [*base, "-i", str(local), "-o", str(out)])
+    assert res.exit_code == 0 and "valid" in res.output
+    res = runner.invoke(
+        app, [*base, "-i", str(local), "-o", str(out), "--calibrate-on", str(local)]
+    )
+    assert res.exit_code == 2 and "needs --fpr" in res.output
+
+
 def test_tampered_unsigned_and_foreign_models_are_refused(
     federation: dict[str, Path], tmp_path: Path
 ) -> None:

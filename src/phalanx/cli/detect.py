@@ -8,37 +8,95 @@ batches to :class:`~phalanx.services.detection.Detector`. Input is streamed batc
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
 from phalanx.cli.common import setup_runtime, user_errors
 from phalanx.cli.model import CrlOption, ModelOption, TrustOption, open_model, trust_root
-from phalanx.core.errors import ConfigError
-from phalanx.data.readers import ALL_FORMATS, open_flows
+from phalanx.core.errors import ConfigError, FormatError
+from phalanx.core.metrics import threshold_at_fpr
+from phalanx.core.taxonomy import BENIGN, CATEGORIES
+from phalanx.data.readers import ALL_FORMATS, detect_format, open_flows
 from phalanx.services.detection import Detector, choose_threshold
 
 console = Console(stderr=True)
 
 
-def input_files(path: Path) -> list[Path]:
-    """``path`` itself, or the regular files below a folder (sorted, hidden ones skipped)."""
+def input_files(path: Path, fmt: str = "auto") -> tuple[list[Path], list[Path]]:
+    """The files to score and the files skipped.
+
+    ``path`` itself, or the regular files below a folder (sorted, hidden ones skipped). In a
+    folder read with ``--format auto``, files in no format Phalanx recognises (a README, a
+    licence, a checksum list) are skipped and named, not fatal; a folder with nothing to score
+    is an error.
+    """
     if path.is_file():
-        return [path]
+        return [path], []
     if path.is_dir():
         files = sorted(
             p
             for p in path.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
+        skipped: list[Path] = []
+        if fmt == "auto":
+            kept = []
+            for f in files:
+                try:
+                    detect_format(f)
+                except FormatError:
+                    skipped.append(f)
+                else:
+                    kept.append(f)
+            files = kept
         if not files:
-            raise ConfigError(f"{path}: the folder holds no files to score")
-        return files
+            raise ConfigError(
+                f"{path}: the folder holds no flow files to score"
+                + (f" ({len(skipped)} files in no known format)" if skipped else ""),
+                hint="point --input at CSV flows, Zeek conn.log or pcap/pcapng files",
+            )
+        return files, skipped
     raise ConfigError(f"{path}: no such file or folder", hint="check the --input path")
+
+
+def calibrate_locally(
+    detector: Detector, path: Path, fmt: str, fpr: float, chunk_rows: int
+) -> tuple[float, str]:
+    """The threshold at false-positive rate ``fpr`` on a member's own benign flows.
+
+    A coordinator holds no benign traffic, so a published model carries only its default
+    threshold; each member calibrates on its own traffic here, without changing (and so without
+    invalidating the signature of) the model. Labelled inputs contribute their benign rows only;
+    unlabelled inputs are taken as benign, as the option promises.
+    """
+    if not 0.0 < fpr < 1.0:
+        raise ConfigError(f"--fpr must be in (0, 1), found {fpr}")
+    files, _ = input_files(path, fmt)
+    scores: list[NDArray[np.float32]] = []
+    for f in files:
+        for batch in open_flows(f, fmt, chunk_rows=chunk_rows):
+            cats = batch.category.astype(str)
+            keep = cats == BENIGN if np.isin(cats, CATEGORIES).any() else np.ones(len(cats), bool)
+            if keep.any():
+                score, _ = detector.score(detector.transform.transform(batch.take(keep)))
+                scores.append(score)
+    n = sum(len(s) for s in scores)
+    if n < math.ceil(1.0 / fpr):
+        raise ConfigError(
+            f"{path}: {n} benign flows cannot calibrate a false-positive rate of {fpr:g}"
+            f" (at least {math.ceil(1.0 / fpr)} needed)",
+            hint="give more benign traffic, or a larger --fpr",
+        )
+    value = threshold_at_fpr(np.concatenate(scores), fpr)
+    return value, f"calibrated at FPR {fpr:g} on {n:,} local benign flows"
 
 
 def detect(
@@ -55,6 +113,14 @@ def detect(
     ] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Alert above this attack score.")
+    ] = None,
+    calibrate_on: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrate-on",
+            help="With --fpr: choose the threshold on this file or folder of your own benign"
+            " traffic (labelled rows: only the benign ones count) instead of the stored one.",
+        ),
     ] = None,
     trust: TrustOption = None,
     crl: CrlOption = None,
@@ -78,10 +144,17 @@ def detect(
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1, found {threads}")
         torch.set_num_threads(threads)
-        files = input_files(input)
+        files, skipped = input_files(input, format)
+        for f in skipped:
+            console.print(f"[yellow]skipped[/] {f}: not a flow file in a known format")
         roots = trust_root(trust, crl)
         with open_model(model, roots, allow_unsigned=allow_unsigned) as loaded:
-            value, source = choose_threshold(loaded.thresholds, fpr=fpr, threshold=threshold)
+            if calibrate_on is None:
+                value, source = choose_threshold(loaded.thresholds, fpr=fpr, threshold=threshold)
+            elif fpr is None or threshold is not None:
+                raise ConfigError("--calibrate-on needs --fpr (and no --threshold)")
+            else:
+                value, source = 0.5, ""  # replaced below, once the detector can score
             detector = Detector(
                 loaded.model,
                 loaded.transform,
@@ -90,6 +163,9 @@ def detect(
                 model_version=loaded.version,
                 top_k=top_k,
             )
+            if calibrate_on is not None and fpr is not None:
+                value, source = calibrate_locally(detector, calibrate_on, format, fpr, chunk_rows)
+                detector.threshold = value
             t0 = time.perf_counter()
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
