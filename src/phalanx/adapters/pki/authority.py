@@ -26,6 +26,7 @@ from phalanx.adapters.pki.identity import (
     issued_by,
     load_crl,
     read_cert,
+    read_private_key,
 )
 from phalanx.core.errors import ConfigError, TrustError
 
@@ -381,12 +382,11 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
             f"{directory}: no federation CA here (ca.key and ca.crt)",
             hint="create one with `phalanx pki init --federation NAME --dir DIR`",
         )
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{key_path}: not an unencrypted PEM private key ({err})") from err
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{key_path}: expected an ECDSA key, found {type(key).__name__}")
+    key = read_private_key(
+        key_path,
+        ec.EllipticCurvePrivateKey,  # type: ignore[type-abstract]
+        "an ECDSA key",
+    )
     cert = read_cert(cert_path.read_bytes(), str(cert_path))
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     return cert, key, str(orgs[0].value) if orgs else ""

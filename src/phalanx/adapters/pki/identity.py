@@ -8,13 +8,17 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Literal, TypeVar, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from phalanx.core.errors import ConfigError, TrustError
+
+_Key = TypeVar("_Key", ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 Role = Literal["participant", "admin", "coordinator"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -190,6 +194,22 @@ def read_cert(pem: bytes, what: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as err:
         raise TrustError(f"{what}: not a PEM X.509 certificate ({err})") from err
+
+
+def read_private_key(path: Path, kind: type[_Key], expected: str, hint: str | None = None) -> _Key:
+    """Load the unencrypted PEM private key at ``path``; ConfigError unless it is a ``kind``.
+
+    ``expected`` names the key in the error (``"an ECDSA key"``, ``"an Ed25519 ... key"``).
+    ``kind`` is one of cryptography's abstract key classes (callers silence mypy's
+    ``type-abstract`` check: only ``isinstance`` uses it).
+    """
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key ({err})") from err
+    if not isinstance(key, kind):
+        raise ConfigError(f"{path}: expected {expected}, found {type(key).__name__}", hint=hint)
+    return key
 
 
 def issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> str | None:

@@ -43,6 +43,7 @@ from phalanx.adapters.pki.identity import (
     check_name,
     identity_from_pem,
     read_cert,
+    read_private_key,
 )
 from phalanx.core.errors import ConfigError, TrustError
 
@@ -79,15 +80,12 @@ class Signer:
                     f"{p}: model-signing file is missing",
                     hint="issue one with `phalanx pki issue --model-signer NAME --dir CA`",
                 )
-        try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{key_path}: not an unencrypted PEM private key ({err})") from err
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ConfigError(
-                f"{key_path}: expected an Ed25519 model-signing key, found {type(key).__name__}",
-                hint="the TLS key cannot sign models; use the identity's signing/ folder",
-            )
+        key = read_private_key(
+            key_path,
+            ed25519.Ed25519PrivateKey,  # type: ignore[type-abstract]
+            "an Ed25519 model-signing key",
+            hint="the TLS key cannot sign models; use the identity's signing/ folder",
+        )
         return cls(key, cert_path.read_bytes())
 
     @classmethod

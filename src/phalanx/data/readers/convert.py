@@ -7,7 +7,7 @@ distinct value (dictionary encoding), so labels, categories and identifiers cost
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,14 +169,7 @@ def assemble(
     matrix = np.empty((n, len(numeric)), dtype=np.float64)
     for j, values in enumerate(numeric):
         matrix[:, j] = values
-    infinite = np.isinf(matrix)
-    n_inf = infinite.sum(axis=0).astype(np.int64)
-    if n_inf.any():
-        matrix[infinite] = np.nan
-    n_nan = np.isnan(matrix).sum(axis=0) - n_inf
-    for name, k, m in zip(schema.numeric, n_inf.tolist(), n_nan.tolist(), strict=True):
-        report.n_infinite[name] += k
-        report.n_missing[name] += m
+    n_inf = mark_missing(matrix, schema.numeric, report)
     cat_names = schema.categorical
     categorical = np.empty((n, len(cat_names)), dtype=object)
     for j, name in enumerate(cat_names):
@@ -205,3 +198,24 @@ def assemble(
 def _merge(into: dict[str, int], counts: dict[str, int]) -> None:
     for k, v in counts.items():
         into[k] = into.get(k, 0) + v
+
+
+def mark_missing(
+    matrix: NDArray[np.float64], names: Sequence[str], report: ReadReport
+) -> NDArray[np.int64]:
+    """Turn infinite values of ``matrix`` into NaN (missing), in place, counting per column.
+
+    Returns the infinities found per column.
+
+    Infinities (CICFlowMeter's rates over zero-length flows) and NaN (empty or absent fields)
+    are both missing to the model; ``report`` keeps them apart.
+    """
+    infinite = np.isinf(matrix)
+    n_inf: NDArray[np.int64] = infinite.sum(axis=0).astype(np.int64)
+    if n_inf.any():
+        matrix[infinite] = np.nan
+    n_nan = np.isnan(matrix).sum(axis=0) - n_inf
+    for name, k, m in zip(names, n_inf.tolist(), n_nan.tolist(), strict=True):
+        report.n_infinite[name] += k
+        report.n_missing[name] += m
+    return n_inf

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.schema import FeatureSchema
 from phalanx.data.readers.base import ErrorMode, Plan, ReadReport
+from phalanx.data.readers.convert import mark_missing
 from phalanx.data.schemas import NETFLOW_V2
 
 TIMESTAMP = "FLOW_START_MILLISECONDS"
@@ -174,14 +175,7 @@ def build_batch(
     for j, name in enumerate(schema.numeric):
         if name in numeric:
             matrix[:, j] = numeric[name]
-    infinite = np.isinf(matrix)
-    n_inf = infinite.sum(axis=0).astype(np.int64)
-    if n_inf.any():
-        matrix[infinite] = np.nan
-    n_nan = np.isnan(matrix).sum(axis=0) - n_inf
-    for name, k, m in zip(schema.numeric, n_inf.tolist(), n_nan.tolist(), strict=True):
-        report.n_infinite[name] += k
-        report.n_missing[name] += m
+    n_inf = mark_missing(matrix, schema.numeric, report)
     cats = np.empty((n, len(schema.categorical)), dtype=object)
     for j, name in enumerate(schema.categorical):
         cats[:, j] = categorical.get(name, np.full(n, "", dtype=object))
