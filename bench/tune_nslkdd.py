@@ -28,12 +28,25 @@ the median over the seeds.
 Selection rule, fixed before any test-set score was seen: the highest median selection
 macro-F1 of the federated model, then the smallest median federated-minus-centralized gap. The
 outcome and its confirmation on the test sets are in ``docs/results.md``.
+
+Hybrid detectors (``--model hybrid``, ``models/hybrid.py``): the ``hyb-*`` variants (anomaly
+FPR 1 %, 2 %, 5 %; autoencoder 64-16 or 128-32) against the MLP ``default``. Each model is scored
+at its own default operating point (the MLP: ``1 - P(benign) > 0.5``; the hybrid: its OR rule,
+combined score > 1) and at the threshold calibrated at ``--target-fpr``. The hybrid question is a
+binary one, so it has its own rule, fixed before any test-set score of these variants was seen:
+the highest median **three-group balanced accuracy** of the federated model on the selection
+set at its default operating point, ``(1 - FPR on benign rows + detection rate on seen-name
+attack rows + detection rate on unseen-name attack rows) / 3`` (benign traffic, known attacks
+and novel attacks weigh alike, as a detector must serve all three), then the higher median
+selection macro-F1. ``--hybrid-table`` prints that comparison, with the autoencoder part alone
+(``anom DR`` at its threshold and ``anom AUC`` on the selection set's attack rows) beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -45,17 +58,18 @@ import torch
 from numpy.typing import NDArray
 
 from phalanx.core.features.batch import FlowBatch
-from phalanx.core.metrics import binary_rates, evaluate
+from phalanx.core.metrics import binary_rates, evaluate, roc_auc
 from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX
 from phalanx.data.partition import parse_partition
 from phalanx.data.readers import read_flows
 from phalanx.models.federated import Model
+from phalanx.models.hybrid import HybridDetector
 from phalanx.models.mlp import MLPClassifier
 from phalanx.services.participant import category_indices
 from phalanx.sim.config import ModelSpec, SimConfig
 from phalanx.sim.data import SimData, parts_category_matrix, stratified_split
 from phalanx.sim.runner import run_simulation
-from phalanx.sim.scoring import calibrate, make_model
+from phalanx.sim.scoring import calibrate, class_probabilities, make_model
 
 UNSEEN = ("teardrop", "nmap")
 """Attack names held out of training entirely (see the module docstring for the rule)."""
@@ -98,7 +112,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "la1-cw-r40-bs512": {"rounds": 40, "model": {"logit_adjust": 1.0, "batch_size": 512}},
     "ls0.1-r40-bs512": {"rounds": 40, "model": {"label_smoothing": 0.1, "batch_size": 512}},
     "ls0.1": {"model": {"label_smoothing": 0.1}},
+    # hybrid detectors: classifier OR autoencoder on benign flows (models/hybrid.py)
+    "hyb-fpr0.01": {"model": {"kind": "hybrid", "anomaly_fpr": 0.01}},
+    "hyb-fpr0.02": {"model": {"kind": "hybrid", "anomaly_fpr": 0.02}},
+    "hyb-fpr0.05": {"model": {"kind": "hybrid", "anomaly_fpr": 0.05}},
+    "hyb-fpr0.01-ae128-32": {
+        "model": {"kind": "hybrid", "anomaly_fpr": 0.01, "ae_hidden": (128, 32)}
+    },
+    "hyb-fpr0.02-ae128-32": {
+        "model": {"kind": "hybrid", "anomaly_fpr": 0.02, "ae_hidden": (128, 32)}
+    },
+    "hyb-fpr0.05-ae128-32": {
+        "model": {"kind": "hybrid", "anomaly_fpr": 0.05, "ae_hidden": (128, 32)}
+    },
+    # does the federated autoencoder part catch up with more training? (the previous session's
+    # 40-round recipe; a diagnostic of the anomaly part, scored by anom DR / anom AUC)
+    "hyb-fpr0.01-r40-bs512-slr0.03": {
+        "rounds": 40,
+        "server_lr": 0.03,
+        "model": {"kind": "hybrid", "anomaly_fpr": 0.01, "batch_size": 512},
+    },
 }
+
+HYBRID_CANDIDATES = (
+    "default", "hyb-fpr0.01", "hyb-fpr0.02", "hyb-fpr0.05", "hyb-fpr0.01-ae128-32",
+    "hyb-fpr0.02-ae128-32", "hyb-fpr0.05-ae128-32",
+)  # fmt: skip
+"""Variants the hybrid rule (module docstring) chooses among, fixed with the rule; other
+``hyb-*`` variants are diagnostics, listed after them in ``--hybrid-table``."""
 
 
 def datasets_root(arg: str | None) -> Path:
@@ -143,23 +184,43 @@ def centralized(cfg: SimConfig, sim: SimData, transform: Any) -> Model:
     return model
 
 
-def scores(model: Model, transform: Any, batch: FlowBatch) -> tuple[Any, NDArray[np.int64]]:
-    """``(class probabilities, true class indices)`` of ``batch``."""
-    if not isinstance(model, MLPClassifier):
-        raise TypeError(f"tune_nslkdd scores MLP classifiers; found {type(model).__name__}")
-    proba = np.asarray(model.predict_proba(transform.transform(batch)), dtype=np.float64)
-    return proba, category_indices(batch)
+def binary_score(model: Model, x: NDArray[np.float32]) -> tuple[NDArray[np.float64], float]:
+    """``(attack score, default cut)``: ``1 - P(benign)`` and 0.5 for the MLP, the combined
+    score and 1 (the OR rule) for the hybrid (which must be calibrated)."""
+    if isinstance(model, HybridDetector):
+        return np.asarray(model.attack_score(x), dtype=np.float64), 1.0
+    if isinstance(model, MLPClassifier):
+        return np.asarray(model.attack_score(x), dtype=np.float64), 0.5
+    raise TypeError(f"tune_nslkdd scores MLP and hybrid models; found {type(model).__name__}")
 
 
-def metrics(model: Model, transform: Any, batch: FlowBatch, threshold: float) -> dict[str, Any]:
-    """Macro-F1, binary accuracy at 0.5 and at ``threshold``, and ROC-AUC on ``batch``."""
-    proba, y = scores(model, transform, batch)
-    r = evaluate(y, proba, CATEGORIES)
+def metrics(
+    model: Model, transform: Any, batch: FlowBatch, threshold: float, unseen: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Macro-F1, binary accuracy at the default cut and at ``threshold``, ROC-AUC, and the
+    benign FPR and detection rates on seen-name and ``unseen``-name attack rows."""
+    x = transform.transform(batch)
+    y = category_indices(batch)
+    r = evaluate(y, class_probabilities(model, x, x[:0], 0.01), CATEGORIES)
     attack = y != CATEGORY_INDEX[BENIGN]
-    cal = binary_rates(attack, 1.0 - proba[:, CATEGORY_INDEX[BENIGN]], threshold)
+    score, cut = binary_score(model, x)
+    at_default = binary_rates(attack, score, cut)
+    cal = binary_rates(attack, score, threshold)
+    novel = np.isin(batch.label.astype(str), unseen)
+    flagged = score > cut
+    anomaly: dict[str, float] = {}
+    if isinstance(model, HybridDetector):  # the autoencoder part alone, at t_a
+        s_a = np.asarray(model.anomaly_score(x), dtype=np.float64)
+        anomaly = {
+            "anomaly_dr": float((s_a[attack] > model.threshold_).mean()) if attack.any() else 0.0,
+            "anomaly_auc": roc_auc(attack, s_a),
+        }
     return {
+        **anomaly,
         "macro_f1": float(r["macro_f1"]),
-        "bin_acc": float(r["binary"]["accuracy"]),
+        "bin_acc": at_default["accuracy"],
+        "fpr": at_default["fpr"],
+        "seen_dr": float(flagged[attack & ~novel].mean()) if (attack & ~novel).any() else None,
         "bin_acc_cal": cal["accuracy"],
         "fpr_cal": cal["fpr"],
         "auc": float(r["binary"]["roc_auc"] or float("nan")),
@@ -167,10 +228,12 @@ def metrics(model: Model, transform: Any, batch: FlowBatch, threshold: float) ->
     }
 
 
-def unseen_detection(model: Model, transform: Any, unseen: FlowBatch, threshold: float) -> float:
-    """Share of unseen-name attack rows flagged at ``threshold``."""
-    proba, _ = scores(model, transform, unseen)
-    return float(np.mean(1.0 - proba[:, CATEGORY_INDEX[BENIGN]] > threshold))
+def unseen_detection(
+    model: Model, transform: Any, unseen: FlowBatch, threshold: float | None
+) -> float:
+    """Share of unseen-name attack rows flagged at ``threshold`` (``None``: the default cut)."""
+    score, cut = binary_score(model, transform.transform(unseen))
+    return float(np.mean(score > (cut if threshold is None else threshold)))
 
 
 def run_variant(
@@ -191,9 +254,11 @@ def run_variant(
     key = f"fpr={target_fpr:g}"
     out: dict[str, Any] = {"variant": name, "seed": seed, "wall_s": time.perf_counter() - t0}
     for who, model in (("fed", fed), ("cen", cen)):
-        thr = calibrate(model, transform, sim.validation, target_fpr)[key]
-        out[who] = {"threshold": thr, "selection": metrics(model, transform, sim.test, thr)}
-        out[who]["selection"]["unseen_dr"] = unseen_detection(model, transform, unseen, 0.5)
+        thr = calibrate(model, transform, sim.validation, target_fpr)[key]  # calibrates t_a
+        sel = metrics(model, transform, sim.test, thr, UNSEEN)
+        out[who] = {"threshold": thr, "selection": sel}
+        sel["unseen_dr"] = unseen_detection(model, transform, unseen, None)
+        sel["balanced3"] = (1.0 - sel["fpr"] + sel["seen_dr"] + sel["unseen_dr"]) / 3.0
         out[who]["selection"]["unseen_dr_cal"] = unseen_detection(model, transform, unseen, thr)
         for test_name, batch in tests.items():
             out[who][test_name] = metrics(model, transform, batch, thr)
@@ -201,11 +266,12 @@ def run_variant(
 
 
 def _median(rows: list[dict[str, Any]], *path: str) -> float:
+    """Median over ``rows`` of the value at ``path`` (NaN when a row lacks it)."""
     vals = []
     for r in rows:
         v: Any = r
         for p in path:
-            v = v[p]
+            v = v.get(p, math.nan) if isinstance(v, dict) else math.nan
         vals.append(float(v))
     return statistics.median(vals)
 
@@ -246,6 +312,36 @@ def table(results: list[dict[str, Any]], tests: list[str]) -> str:
     return "\n".join(lines)
 
 
+def hybrid_table(results: list[dict[str, Any]]) -> str:
+    """The hybrid rule's comparison (module docstring): medians over seeds, best first."""
+    head = ["variant", "seeds", "sel bal3", "sel FPR", "seen DR", "unseen DR", "sel bin acc",
+            "sel fed mF1", "sel cen mF1", "cen bal3", "fed anom DR", "cen anom DR",
+            "fed anom AUC", "cen anom AUC", "wall s"]  # fmt: skip
+    paths = [("fed", "selection", "balanced3"), ("fed", "selection", "fpr"),
+             ("fed", "selection", "seen_dr"), ("fed", "selection", "unseen_dr"),
+             ("fed", "selection", "bin_acc"), ("fed", "selection", "macro_f1"),
+             ("cen", "selection", "macro_f1"), ("cen", "selection", "balanced3"),
+             ("fed", "selection", "anomaly_dr"), ("cen", "selection", "anomaly_dr"),
+             ("fed", "selection", "anomaly_auc"),
+             ("cen", "selection", "anomaly_auc")]  # fmt: skip
+    rows: list[tuple[float, float, str, list[dict[str, Any]], list[float]]] = []
+    extra: list[tuple[float, float, str, list[dict[str, Any]], list[float]]] = []
+    for name in dict.fromkeys(r["variant"] for r in results):
+        if name not in HYBRID_CANDIDATES and not name.startswith("hyb-"):
+            continue
+        runs = [r for r in results if r["variant"] == name]
+        vals = [_median(runs, *p) for p in paths]
+        (rows if name in HYBRID_CANDIDATES else extra).append((vals[0], vals[5], name, runs, vals))
+    rows.sort(key=lambda r: (-r[0], -r[1]))
+    rows += [(b, m, f"{name} (diagnostic)", runs, vals) for b, m, name, runs, vals in extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, _, name, runs, vals in rows:
+        cells = [name, ",".join(str(r["seed"]) for r in runs), *(f"{v:.4f}" for v in vals)]
+        cells.append(f"{statistics.median(r['wall_s'] for r in runs):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -254,7 +350,16 @@ def main() -> None:
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--test", action="store_true", help="also score KDDTest+ / KDDTest-21")
     parser.add_argument("--json", default=None, help="append raw results (JSON lines) here")
+    parser.add_argument(
+        "--hybrid-table",
+        default=None,
+        help="print the hybrid rule's table from the results in this JSON-lines file; no runs",
+    )
     args = parser.parse_args()
+    if args.hybrid_table:
+        lines = Path(args.hybrid_table).read_text().splitlines()
+        print(hybrid_table([json.loads(line) for line in lines if line.strip()]))
+        return
     torch.set_num_threads(1)
     root = datasets_root(args.datasets)
     tests: dict[str, FlowBatch] = {}

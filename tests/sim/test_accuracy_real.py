@@ -4,10 +4,13 @@ Slow (minutes): run with ``pytest -m slow tests/sim/test_accuracy_real.py``. The
 settings behind them are documented in ``docs/results.md``.
 
 The issue's NSL-KDD goals (binary accuracy >= 0.82 on KDDTest+, macro-F1 within 2 points of the
-centralized model) are not met, with the defaults or with the settings chosen on validation data
-by ``bench/tune_nslkdd.py``, and are not asserted here; docs/results.md has the numbers and why.
-What holds on every seed measured is asserted: the federated model beats the mean local-only
-model, and its binary accuracy stays within 2 points of the centralized model's.
+centralized model) are not met, with the defaults, with the settings chosen on validation data
+by ``bench/tune_nslkdd.py``, or with the hybrid detector (``--model hybrid``: 0.805-0.819), and
+are not asserted here; docs/results.md has the numbers and why. What holds on every seed
+measured is asserted: the federated model beats the mean local-only model, and its binary
+accuracy stays within 2 points of the centralized model's; the hybrid detector's anomaly part
+raises the federated binary accuracy on KDDTest+ above its own classifier's (+2.0 to +2.1
+points on seeds 0-2) and above 0.80.
 
 Every run: 10 participants, Dirichlet(0.5) label skew, 20 rounds of one local epoch, FedAdam
 (Reddi et al., ICLR 2021) with its default server learning rate, the default MLP. The baselines
@@ -21,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from phalanx.sim.config import SimConfig
+from phalanx.sim.config import ModelSpec, SimConfig
 from phalanx.sim.runner import run_simulation
 
 pytestmark = [pytest.mark.slow, pytest.mark.datasets]
@@ -29,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.datasets]
 SEED = 0
 
 
-def _config(data: Path, test: Path | None = None) -> SimConfig:
+def _config(data: Path, test: Path | None = None, model: ModelSpec | None = None) -> SimConfig:
     return SimConfig(
         data=str(data),
         test=None if test is None else str(test),
@@ -40,6 +43,7 @@ def _config(data: Path, test: Path | None = None) -> SimConfig:
         algorithm="fedadam",
         baselines=True,
         seed=SEED,
+        model=model or ModelSpec(),
     )
 
 
@@ -84,6 +88,36 @@ def test_nsl_kdd_summary_reports_the_calibrated_operating_point(nsl_kdd: dict[st
     if fed["threshold"] < 0.5:
         assert fed["detection_rate"] >= nsl_kdd["federated"]["binary"]["detection_rate"]
         assert fed["fpr"] >= nsl_kdd["federated"]["binary"]["fpr"]
+
+
+@pytest.fixture(scope="module")
+def nsl_kdd_hybrid(datasets: Path) -> dict[str, Any]:
+    root = datasets / "nsl-kdd"
+    spec = ModelSpec(kind="hybrid", anomaly_fpr=0.01)
+    return _summary(_config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", spec))
+
+
+def test_nsl_kdd_hybrid_catches_what_its_classifier_misses(
+    nsl_kdd_hybrid: dict[str, Any],
+) -> None:
+    """The anomaly part flags attacks the classifier lets through (KDDTest+'s novel names):
+    the federated hybrid's binary accuracy rises above its own classifier's and above 0.80
+    (0.814 at seed 0; the issue's 0.82 is not reached, docs/results.md)."""
+    fed = nsl_kdd_hybrid["federated"]
+    classifier = fed["parts"]["classifier"]["binary"]
+    assert _binary_accuracy(fed) >= classifier["accuracy"] + 0.01
+    assert fed["binary"]["detection_rate"] > classifier["detection_rate"] + 0.03
+    assert _binary_accuracy(fed) >= 0.80
+    assert nsl_kdd_hybrid["thresholds"]["anomaly_fpr"] == 0.01
+
+
+def test_nsl_kdd_hybrid_federated_beats_local_only(nsl_kdd_hybrid: dict[str, Any]) -> None:
+    fed, local = nsl_kdd_hybrid["federated"], nsl_kdd_hybrid["local_only"]["mean"]
+    cen = nsl_kdd_hybrid["centralized"]
+    assert _binary_accuracy(fed) > _binary_accuracy(local)
+    assert fed["macro_f1"] > local["macro_f1"]
+    assert fed["binary"]["fpr"] < local["binary"]["fpr"]
+    assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02  # -0.017 at seed 0
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,19 @@ def simulate(
     model: str = typer.Option(
         "mlp",
         "--model",
-        help="mlp (multi-class classifier) or autoencoder (anomaly detector trained on benign"
-        " flows only, for participants without attack labels; scored as benign vs attack).",
+        help="mlp (multi-class classifier), autoencoder (anomaly detector trained on benign"
+        " flows only, for participants without attack labels; scored as benign vs attack) or"
+        " hybrid (the classifier OR an autoencoder on the benign flows: alerts on attacks unlike"
+        " the training ones too; docs/user-guide.md).",
+    ),
+    ae_hidden: str = typer.Option(
+        "64,16", "--ae-hidden", help="hybrid: encoder widths of its autoencoder (bottleneck last)."
+    ),
+    anomaly_fpr: float = typer.Option(
+        0.01,
+        "--anomaly-fpr",
+        help="hybrid: share of benign validation flows its anomaly part may flag (sets its"
+        " threshold).",
     ),
     hidden: str | None = typer.Option(
         None,
@@ -193,6 +204,8 @@ def simulate(
                     hidden=_hidden(hidden or ("64,16" if model == "autoencoder" else "256,128")),
                     lr=lr,
                     batch_size=batch_size,
+                    ae_hidden=_hidden(ae_hidden),
+                    anomaly_fpr=anomaly_fpr,
                 ),
             )
         except ValidationError as exc:

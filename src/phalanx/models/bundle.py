@@ -4,7 +4,7 @@ Nothing is pickled and ``torch.load`` is never called: a bundle that crossed a t
 can at worst be refused. ``model.json`` holds::
 
     {"format": "phalanx.model", "format_version": 1,
-     "class": "MLPClassifier" | "AutoencoderDetector",
+     "class": "MLPClassifier" | "AutoencoderDetector" | "HybridDetector",
      "params": {constructor parameters}, "fitted": {n_seen_, threshold_ ...},
      "layers": [weight names, in get_weights() order],
      "metadata": {caller's dict: schema hash, round, metrics ...}}
@@ -28,6 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from phalanx.core.errors import ModelError
 from phalanx.models.autoencoder import AutoencoderDetector
+from phalanx.models.hybrid import HybridDetector
 from phalanx.models.mlp import MLPClassifier
 
 WEIGHTS_FILE = "model.safetensors"
@@ -37,10 +38,14 @@ SIG_FILE = "model.sig"
 FORMAT = "phalanx.model"
 FORMAT_VERSION = 1
 
-Model = MLPClassifier | AutoencoderDetector
-MODEL_CLASSES: dict[str, type[MLPClassifier] | type[AutoencoderDetector]] = {
+Model = MLPClassifier | AutoencoderDetector | HybridDetector
+ModelClass = type[MLPClassifier] | type[AutoencoderDetector] | type[HybridDetector]
+MODEL_CLASSES: dict[str, ModelClass] = {
     "MLPClassifier": MLPClassifier,
     "AutoencoderDetector": AutoencoderDetector,
+    # both nets in one safetensors file, names prefixed "classifier." / "autoencoder.";
+    # "fitted" holds both parts' state, the anomaly threshold t_a and t_c (models/hybrid.py)
+    "HybridDetector": HybridDetector,
 }
 
 
@@ -170,8 +175,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _params(raw: dict[str, Any]) -> dict[str, Any]:
     params = dict(raw)
-    if isinstance(params.get("hidden"), list):
-        params["hidden"] = tuple(int(h) for h in params["hidden"])
+    for key in ("hidden", "ae_hidden"):
+        if isinstance(params.get(key), list):
+            params[key] = tuple(int(h) for h in params[key])
     return params
 
 

@@ -38,24 +38,30 @@ from phalanx.core.privacy.spec import DPTaskSpec
 from phalanx.core.types import Weights
 from phalanx.models.autoencoder import AutoencoderDetector
 from phalanx.models.dpsgd import dp_sgd_fit
+from phalanx.models.hybrid import HybridDetector
 from phalanx.models.mlp import MLPClassifier
 
 SCAFFOLD_STATE_KEY = "scaffold_control"
 """Key of the participant's SCAFFOLD control variate ``c_i`` in the ``state`` mapping."""
 
-Model = MLPClassifier | AutoencoderDetector
+Model = MLPClassifier | AutoencoderDetector | HybridDetector
 LocalResult = tuple[Weights, int, dict[str, float], dict[str, Weights]]
 """``(new_weights, num_examples, metrics, extras)``: the payload of an ``Update``."""
 
-MODEL_KINDS = ("mlp", "autoencoder")
+MODEL_KINDS = ("mlp", "autoencoder", "hybrid")
 _SPEC_KEYS = {
     "mlp": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
             "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing"},
     "autoencoder": {"hidden", "lr", "batch_size", "epochs", "optimizer", "momentum",
                     "weight_decay", "target_fpr"},
+    # the classifier's keys plus the anomaly part's (models/hybrid.py)
+    "hybrid": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
+               "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing",
+               "ae_hidden", "anomaly_fpr", "classifier_threshold"},
 }  # fmt: skip
 _IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes", "logit_adjust",
                            "label_smoothing"}  # fmt: skip
+_IGNORED_BY_NON_HYBRID = {"ae_hidden", "anomaly_fpr", "classifier_threshold"}
 
 
 def build_model(
@@ -66,8 +72,9 @@ def build_model(
     Parameters
     ----------
     spec:
-        ``{"kind": "mlp" | "autoencoder", "hidden": [...], "lr": ..., ...}``: constructor
-        parameters of :class:`MLPClassifier` or :class:`AutoencoderDetector`.
+        ``{"kind": "mlp" | "autoencoder" | "hybrid", "hidden": [...], "lr": ..., ...}``:
+        constructor parameters of :class:`MLPClassifier`, :class:`AutoencoderDetector` or
+        :class:`~phalanx.models.hybrid.HybridDetector`.
         ``class_weight: "none"`` means no weighting. For the autoencoder, ``dropout``,
         ``class_weight`` and ``n_classes`` are ignored.
     n_features:
@@ -77,7 +84,7 @@ def build_model(
 
     Returns
     -------
-    MLPClassifier or AutoencoderDetector
+    MLPClassifier, AutoencoderDetector or HybridDetector
         Initialized from the seed, so ``get_weights()`` works at once.
 
     Raises
@@ -89,7 +96,8 @@ def build_model(
     kind = str(params.pop("kind", "mlp"))
     if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; expected one of: {', '.join(MODEL_KINDS)}")
-    unknown = sorted(set(params) - _SPEC_KEYS[kind] - _IGNORED_BY_AUTOENCODER)
+    ignored = _IGNORED_BY_AUTOENCODER | _IGNORED_BY_NON_HYBRID
+    unknown = sorted(set(params) - _SPEC_KEYS[kind] - ignored)
     if unknown:
         raise ConfigError(
             f"unknown {kind} model parameter(s): {', '.join(unknown)}; expected some of: "
@@ -99,16 +107,23 @@ def build_model(
     params["seed"] = int(cfg.get("seed", params.get("seed", 0)))
     if cfg.get("local_epochs") is not None:
         params["epochs"] = _whole(cfg["local_epochs"], "local_epochs")
-    if "hidden" in params:
-        params["hidden"] = tuple(int(h) for h in params["hidden"])
+    for key in ("hidden", "ae_hidden"):
+        if key in params:
+            params[key] = tuple(int(h) for h in params[key])
     try:
         model: Model
-        if kind == "mlp":
+        if kind == "hybrid":
+            if params.get("class_weight") == "none":
+                params["class_weight"] = None
+            model = HybridDetector(int(n_features), **params)
+        elif kind == "mlp":
+            for key in _IGNORED_BY_NON_HYBRID:
+                params.pop(key, None)
             if params.get("class_weight") == "none":
                 params["class_weight"] = None
             model = MLPClassifier(int(n_features), **params)
         else:
-            for key in _IGNORED_BY_AUTOENCODER:
+            for key in _IGNORED_BY_AUTOENCODER | _IGNORED_BY_NON_HYBRID:
                 params.pop(key, None)
             model = AutoencoderDetector(int(n_features), **params)
         return model.initialize()
@@ -204,6 +219,8 @@ def local_train(
                           control=control)  # fmt: skip
     stats = model.last_stats_
     metrics = {"loss": stats.loss, "steps": float(stats.steps), "epochs": float(epochs)}
+    if isinstance(model, HybridDetector) and model.last_anomaly_stats_.examples:
+        metrics["anomaly_loss"] = model.last_anomaly_stats_.loss  # absent: no benign rows
     extras_out: dict[str, Weights] = {}
     if control is not None and state is not None:
         state[SCAFFOLD_STATE_KEY] = model.last_control_
@@ -228,6 +245,12 @@ def _record_dp_train(
             "record-level DP cannot run with SCAFFOLD: the control variates would leave the"
             " organization without noise",
             hint="use fedavg, fedprox, fedavgm, fedadam or fedyogi with DP",
+        )
+    if isinstance(model, HybridDetector):
+        raise ConfigError(
+            "record-level DP (DP-SGD) is not supported for the hybrid model: its two networks"
+            " would need one privacy accounting over both",
+            hint="use --model mlp with --dp record, or client-level DP with the hybrid model",
         )
     if dp.noise_multiplier is None:
         raise ConfigError(

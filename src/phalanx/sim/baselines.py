@@ -27,6 +27,7 @@ from phalanx.sim.scoring import (
     calibrated_binary,
     class_probabilities,
     make_model,
+    part_metrics,
     scored_labels,
 )
 
@@ -43,6 +44,7 @@ def centralized_baseline(
     result = evaluate(test_cache["y"], proba, CATEGORIES)
     thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
     result["binary_calibrated"] = calibrated_binary(cfg, model, test_cache, thresholds)
+    result.update(part_metrics(model, test_cache))
     return result
 
 
@@ -60,6 +62,7 @@ def local_only_baseline(cfg: SimConfig, data: SimData) -> dict[str, Any]:
         arrays = {"x": x_test, "y": y_test, "benign": benign}
         thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
         results[-1]["binary_calibrated"] = calibrated_binary(cfg, model, arrays, thresholds)
+        results[-1].update(part_metrics(model, arrays))
     return {
         "mean": reduce_nested(results, np.mean),
         "min": reduce_nested(results, np.min),

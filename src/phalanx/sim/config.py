@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALGORITHMS = (
     "fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi",
@@ -19,7 +19,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["mlp", "autoencoder"] = "mlp"
+    kind: Literal["mlp", "autoencoder", "hybrid"] = "mlp"
     hidden: tuple[int, ...] = (256, 128)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lr: float = Field(1e-3, gt=0.0)
@@ -28,6 +28,13 @@ class ModelSpec(BaseModel):
     logit_adjust: float = Field(0.0, ge=0.0, le=10.0)
     """Logit-adjusted loss strength tau (Menon et al., ICLR 2021); see MLPClassifier."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # the hybrid detector's anomaly part (models/hybrid.py); ignored by the other kinds
+    ae_hidden: tuple[int, ...] = (64, 16)
+    """Encoder widths of the hybrid's autoencoder (the last one is the bottleneck)."""
+    anomaly_fpr: float = Field(0.01, gt=0.0, lt=1.0)
+    """Share of benign validation flows the hybrid's anomaly part may flag (sets t_a)."""
+    classifier_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """t_c: the hybrid's classifier alerts when 1 - P(benign) exceeds it."""
 
 
 class SimConfig(BaseModel):
@@ -84,6 +91,16 @@ class SimConfig(BaseModel):
     """Labelled flows of the coordinator's FLTrust root dataset (drawn from validation)."""
     quarantine_after: int = Field(0, ge=0)
     """Exclude a participant after this many flagged rounds (0: never)."""
+
+    @model_validator(mode="after")
+    def _dp_model(self) -> SimConfig:
+        if self.dp == "record" and self.model.kind == "hybrid":
+            raise ValueError(
+                "record-level DP (--dp record) is not supported with --model hybrid: DP-SGD"
+                " would need one privacy accounting over both of its networks; use --model mlp"
+                " with --dp record, or client-level DP (client-central, client-distributed)"
+            )
+        return self
 
     @field_validator("attack")
     @classmethod

@@ -168,6 +168,7 @@ def write_report(
         " validation flows are stored in the model: "
         + ", ".join(f"{k}: {v:.4f}" for k, v in summary["thresholds"].items()),
         "",
+        *_hybrid_parts(systems),
         "![metrics per round](rounds.png)",
         "",
         "## Per-class recall",
@@ -301,3 +302,26 @@ def privacy_section(summary: dict[str, Any]) -> list[str]:
         "exact sums) and federated evaluation metrics; see docs/privacy.md.",
     ]
     return lines
+
+
+def _hybrid_parts(systems: dict[str, Any]) -> list[str]:
+    """For a hybrid detector (models/hybrid.py): how each part alone would have done."""
+    rows = [(name, res["parts"]) for name, res in systems.items() if "parts" in res]
+    if not rows:
+        return []
+    lines = [
+        "Hybrid detector: an alert when the classifier's 1 - P(benign) exceeds its threshold"
+        " (`classifier`) OR the autoencoder's reconstruction error exceeds `anomaly`, the"
+        " threshold that flags `anomaly_fpr` of benign validation flows; the binary metrics"
+        " above are that OR. Each part alone:",
+        "",
+        "| system | classifier binary acc. | classifier detection | classifier FPR |"
+        " anomaly binary acc. | anomaly detection | anomaly FPR |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, parts in rows:
+        c, a = parts["classifier"]["binary"], parts["anomaly"]["binary"]
+        cells = [c.get(k) for k in ("accuracy", "detection_rate", "fpr")]
+        cells += [a.get(k) for k in ("accuracy", "detection_rate", "fpr")]
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in cells) + " |")
+    return [*lines, ""]

@@ -53,6 +53,8 @@ from phalanx.sim.scoring import (
     calibrated_binary,
     class_probabilities,
     make_model,
+    part_metrics,
+    restore_thresholds,
     scoring_arrays,
 )
 
@@ -271,6 +273,7 @@ def run_simulation(
     ).tolist()
     thresholds = calibrate(model, transform, data.validation, cfg.target_fpr)
     federated["binary_calibrated"] = calibrated_binary(cfg, model, test_cache, thresholds)
+    federated.update(part_metrics(model, test_cache))  # the hybrid's parts, alone
     summary: dict[str, Any] = {
         "federated": federated,
         "rounds": cfg.rounds,
@@ -342,6 +345,7 @@ def write_run(result: SimulationResult, out: Path) -> None:
     schema = result.data.parts[0].schema
     model = make_model(cfg.model.model_dump(mode="json"), result.transform.n_features, cfg.seed)
     model.set_weights(result.weights)
+    restore_thresholds(model, result.thresholds)  # the hybrid's anomaly threshold t_a
     metadata = {
         "model": cfg.model.model_dump(mode="json"),
         "n_features": result.transform.n_features,
