@@ -6,12 +6,17 @@ Usage::
 
 Rows of the table (medians over ``repeat`` runs):
 
-* ``score``: :meth:`Detector.score` on a prepared float32 matrix (the MLP of ``phalanx simulate``,
-  hidden 256,128, trained one epoch on synthetic traffic), with 1 and 2 torch threads; and the
-  feature transform alone.
-* ``csv -> alerts``: the loop of ``phalanx detect`` (read, transform, score, explain, write ECS
-  JSON lines) over a NetFlow v2 CSV of synthetic traffic (the generator's attack mix, a few
-  percent of flows) and over the real NF-BoT-IoT-v2 file (99.5% attacks: every flow alerts).
+* ``score``: the attack score and category of every flow from prepared arrays (the MLP of
+  ``phalanx simulate``, 244-256-128-11, trained one epoch on synthetic traffic): the dense
+  ``MLPClassifier.predict_proba`` on the transformed float32 matrix (the former path), and the
+  detector's compact scorer (numeric block plus gathered one-hot rows, 2,048-row chunks) on the
+  same features in compact form, with 1 thread, 2 row-slice threads (what ``phalanx detect
+  --threads 2`` does) and 2 torch intra-op threads; then the feature transform and its compact
+  form alone.
+* ``csv -> alerts``: the loop of ``phalanx detect`` itself (:func:`phalanx.cli.detect.detect_files`:
+  read, transform, score, explain every alert, write ECS JSON lines to a file) over a NetFlow v2
+  CSV of synthetic traffic (the generator's attack mix: about 20 % of flows alert) and over the
+  real NF-BoT-IoT-v2 file (about 80 % of flows alert), with 1 and 2 threads.
 * ``pcap -> alerts``: the same loop over every capture in ``pcaps/`` (nfstream metering included),
   in flows/s and packets/s.
 """
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -34,14 +38,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 
+from phalanx.cli.detect import detect_files
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.metrics import threshold_at_fpr
-from phalanx.data.readers import open_flows
 from phalanx.data.schemas import NETFLOW_V2
 from phalanx.data.synthetic import format_ipv4, generate_federation
 from phalanx.models import MLPClassifier
+from phalanx.models.compact import compact_features
 from phalanx.services.detection import Detector
 from phalanx.services.participant import category_indices
 
@@ -92,29 +97,44 @@ def _csv(batch: FlowBatch, path: Path) -> None:
 
 def _pipeline(detector: Detector, paths: list[Path], out: Path) -> tuple[int, int, int]:
     """The loop of ``phalanx detect``: flows, alerts and packets (pcap only) processed."""
-    flows = alerts = packets = 0
-    with out.open("w", encoding="utf-8") as fh:
-        for p in paths:
-            offset = 0
-            for batch in open_flows(p, chunk_rows=65_536):
-                for doc in detector.detect(batch, source=str(p), offset=offset):
-                    fh.write(json.dumps(doc, separators=(",", ":")) + "\n")
-                    alerts += 1
-                offset += len(batch)
-                flows += len(batch)
-                if "PACKETS" in batch.identifiers:
-                    packets += int(batch.identifiers["PACKETS"].sum())
-    return flows, alerts, packets
+    with out.open("wb") as fh:
+        packets = detect_files(detector, paths, "auto", 65_536, fh)
+    return detector.summary.flows, detector.summary.alerts, packets
 
 
 def _progress(row: tuple[str, str, str, str]) -> None:
     print("  ..", " | ".join(row), file=sys.stderr, flush=True)
 
 
-def _collect(
-    into: list[tuple[int, int, int]], detector: Detector, paths: list[Path], out: Path
-) -> None:
-    into.append(_pipeline(detector, paths, out))
+def _detector(
+    model: MLPClassifier, transform: FeatureTransform, threshold: float, threads: int
+) -> Detector:
+    return Detector(
+        model, transform, threshold=threshold, model_id="bench", model_version="1", threads=threads
+    )
+
+
+def _end_to_end(
+    name: str, detector: Callable[[], Detector], paths: list[Path], out: Path, repeat: int
+) -> tuple[str, str, str, str]:
+    """Median wall time of fresh detectors over ``paths``; the row of the table.
+
+    The last column adds the process's CPU time (all threads) per run, median: on a machine
+    shared with other jobs, wall time depends on what they take, CPU time much less.
+    """
+    times: list[float] = []
+    cpu: list[float] = []
+    counts = (0, 0, 0)
+    for _ in range(repeat):
+        with detector() as det:
+            t0, c0 = time.perf_counter(), time.process_time()
+            counts = _pipeline(det, paths, out)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    t, c = statistics.median(times), statistics.median(cpu)
+    flows, alerts, packets = counts
+    other = f"{packets / t:,.0f} pkt/s" if packets else f"{alerts:,} alerts"
+    return (name, f"{flows:,}", f"{flows / t:,.0f} flows/s", f"{other}; {c:.2f} CPU-s")
 
 
 def main() -> None:
@@ -128,18 +148,29 @@ def main() -> None:
     model, transform, threshold = _model()
     rows: list[tuple[str, str, str, str]] = []
 
+    def add(row: tuple[str, str, str, str]) -> None:
+        rows.append(row)
+        _progress(row)
+
     day = FlowBatch.concat(generate_federation(4, args.flows // 4, seed=7))
     x = transform.transform(day)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        det = Detector(model, transform, threshold=threshold, model_id="bench", model_version="1")
-        t = _median(functools.partial(det.score, x), args.repeat)
-        rate = f"{len(x) / t:,.0f} flows/s"
-        rows.append((f"score, {threads} thread(s)", f"{len(x):,}", rate, ""))
-        _progress(rows[-1])
+    compact = compact_features(transform, day)
+    n = f"{len(day):,}"
+    t = _median(functools.partial(model.predict_proba, x), args.repeat)
+    add(("score, dense matrix (predict_proba), 1 thread", n, f"{len(x) / t:,.0f} flows/s", ""))
+    for threads, label in ((1, "1 thread"), (2, "2 threads (row slices)")):
+        with _detector(model, transform, threshold, threads) as det:
+            t = _median(functools.partial(det.score_compact, compact), args.repeat)
+        add((f"score, compact, {label}", n, f"{len(x) / t:,.0f} flows/s", ""))
+    torch.set_num_threads(2)
+    with _detector(model, transform, threshold, 1) as det:
+        t = _median(functools.partial(det.score_compact, compact), args.repeat)
+    add(("score, compact, 2 torch intra-op threads", n, f"{len(x) / t:,.0f} flows/s", ""))
     torch.set_num_threads(1)
     t = _median(lambda: transform.transform(day), args.repeat)
-    rows.append(("transform", f"{len(day):,}", f"{len(day) / t:,.0f} flows/s", ""))
+    add(("transform (dense matrix)", n, f"{len(day) / t:,.0f} flows/s", ""))
+    t = _median(lambda: compact_features(transform, day), args.repeat)
+    add(("transform (compact form)", n, f"{len(day) / t:,.0f} flows/s", ""))
 
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "synthetic.csv"
@@ -149,31 +180,15 @@ def main() -> None:
         nf = root / "netflow-v2" / "NF-BoT-IoT-v2_reduced.csv.gz"
         if nf.is_file():
             inputs.append(("csv -> alerts, NF-BoT-IoT-v2", [nf]))
-        pcaps = sorted((root / "pcaps").glob("*/*.pcap*"))
         for threads in (1, 2):
-            torch.set_num_threads(threads)
             for name, paths in inputs:
-                det = Detector(
-                    model, transform, threshold=threshold, model_id="b", model_version="1"
-                )
-                result: list[tuple[int, int, int]] = []
-                run = functools.partial(_collect, result, det, paths, out)
-                t = _median(run, args.repeat)
-                flows, alerts, _ = result[-1]
-                label = f"{name}, {threads} thread(s)"
-                rows.append(
-                    (label, f"{flows:,}", f"{flows / t:,.0f} flows/s", f"{alerts:,} alerts")
-                )
-        torch.set_num_threads(1)
+                make = functools.partial(_detector, model, transform, threshold, threads)
+                add(_end_to_end(f"{name}, {threads} thread(s)", make, paths, out, args.repeat))
+        pcaps = sorted((root / "pcaps").glob("*/*.pcap*"))
         if pcaps:
-            det = Detector(model, transform, threshold=threshold, model_id="b", model_version="1")
-            runs: list[tuple[int, int, int]] = []
-            t = _median(lambda: runs.append(_pipeline(det, pcaps, out)), max(1, args.repeat // 2))
-            flows, alerts, packets = runs[-1]
-            label = f"pcap -> alerts, {len(pcaps)} captures"
-            rows.append(
-                (label, f"{flows:,}", f"{flows / t:,.0f} flows/s", f"{packets / t:,.0f} pkt/s")
-            )
+            make = functools.partial(_detector, model, transform, threshold, 2)
+            label = f"pcap -> alerts, {len(pcaps)} captures, 2 threads"
+            add(_end_to_end(label, make, pcaps, out, max(1, args.repeat // 2)))
     _table(rows)
 
 

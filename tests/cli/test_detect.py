@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,52 @@ def test_thresholds_fpr_choice_and_errors(federation: dict[str, Path], tmp_path:
     )
 
 
+def test_threads_write_the_same_alerts_and_zero_is_refused(
+    federation: dict[str, Path], tmp_path: Path
+) -> None:
+    base = ["detect", "-m", str(federation["mlp"]), "-i", str(federation["flows"])]
+    base += ["--trust", str(federation["ca"]), "--threshold", "0.3", "--chunk-rows", "5000"]
+    docs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}.jsonl"
+        res = runner.invoke(app, [*base, "-o", str(out), "--threads", threads])
+        assert res.exit_code == 0, res.output
+        alerts = _alerts(out)
+        for a in alerts:  # detection time (also @timestamp: CSV flows carry no start time)
+            a["event"].pop("created")
+            a.pop("@timestamp")
+        docs.append(alerts)
+    assert len(docs[0]) > 100 and docs[0] == docs[1]
+    res = runner.invoke(app, [*base, "-o", str(tmp_path / "x.jsonl"), "--threads", "0"])
+    assert res.exit_code == 2 and "--threads must be at least 1" in res.output
+
+
+def test_prefetched_keeps_order_raises_producer_errors_and_stops_early() -> None:
+    from phalanx.cli.detect import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad chunk at line 7")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="line 7"):
+        got.extend(prefetched(failing()))
+    assert got == [1]
+    produced: list[int] = []
+
+    def counted() -> Iterator[int]:
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in prefetched(counted(), depth=2):
+        if item == 3:
+            break
+    assert len(produced) <= 3 + 2 + 2  # the consumer's, the queue's and the one in hand
+
+
 def test_model_inspect_and_run_directory(federation: dict[str, Path]) -> None:
     res = runner.invoke(
         app,
@@ -265,6 +312,35 @@ def test_autoencoder_alerts_and_onnx_export(tmp_path: Path) -> None:
     graph = onnx.load(str(onnx_path)).graph
     assert [i.name for i in graph.input] == ["features"]
     assert [o.name for o in graph.output] == ["score"]
+
+
+def test_hybrid_model_alerts_explains_and_calibrates(tmp_path: Path) -> None:
+    run = tmp_path / "hybrid-run"
+    res = runner.invoke(
+        app, ["simulate", "-n", "2", "-r", "2", "--synthetic-flows", "3000", "--model", "hybrid",
+              "--out", str(run)]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    flows = tmp_path / "flows.csv"
+    _write_netflow_csv(flows, FlowBatch.concat(generate_federation(1, 1500, seed=5)))
+    out = tmp_path / "hybrid.jsonl"
+    base = ["detect", "-m", str(run), "-i", str(flows), "-o", str(out), "--allow-unsigned"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    assert "hybrid" in res.output
+    alerts = _alerts(out)
+    assert alerts and all(a["phalanx"]["model"]["kind"] == "hybrid" for a in alerts)
+    assert all(a["phalanx"]["score"] > 1.0 for a in alerts)  # the OR rule: combined score > 1
+    assert all(a["phalanx"]["top_features"] for a in alerts[:50])
+    # A member sets the anomaly part's threshold on its own benign traffic.
+    benign = tmp_path / "benign.csv"
+    day = FlowBatch.concat(generate_federation(1, 3000, seed=6))
+    _write_netflow_csv(benign, day.take(day.category == "benign"))
+    res = runner.invoke(app, [*base, "--fpr", "0.05", "--calibrate-on", str(benign)])
+    assert res.exit_code == 0, res.output
+    assert "anomaly part calibrated at FPR 0.05" in res.output
+    res = runner.invoke(app, ["export", "-m", str(run), "--onnx", str(tmp_path / "h.onnx")])
+    assert res.exit_code == 2 and "hybrid" in res.output
 
 
 # --- must show: real captures and logs, a model trained on synthetic traffic --------------------
@@ -317,17 +393,35 @@ def test_attack_captures_raise_alerts_of_their_kind(
     "name",
     [
         "pcaps/stopddos/pkt.TCP.DOMINATE.syn.ecn.cwr.pcapng",
+        "pcaps/stopddos/pkt.TCP.synflood.spoofed.pcap",
         "pcaps/stopddos/amp.TCP.reflection.SYNACK.pcap",
     ],
 )
 def test_flood_captures_alert_on_most_flows(
     synthetic_model: Path, datasets: Path, tmp_path: Path, name: str
 ) -> None:
-    # Per flow, one spoofed SYN looks like one scan probe: the category is recon or dos, and
-    # the flood shows as the alert volume (see docs/user-guide.md, "Detection").
+    # Per flow, one spoofed SYN looks like one scan probe (the model says recon); the alert
+    # correlation sees thousands of sources on one target and names the flood (ADR 0011).
     flows, cats = _detect(synthetic_model, datasets / name, tmp_path)
     assert sum(cats.values()) >= 0.9 * flows, (flows, cats)
-    assert set(cats) <= {"dos", "ddos", "recon"}, cats
+    assert cats.most_common(1)[0][0] in {"dos", "ddos"}, cats
+    assert cats["ddos"] + cats["dos"] >= 0.9 * sum(cats.values()), cats
+    alerts = _alerts(tmp_path / f"{Path(name).name}.jsonl")
+    moved = [a for a in alerts if "correlation" in a["phalanx"]]
+    was = Counter(a["phalanx"]["model_category"] for a in moved)
+    assert set(was) <= {"recon", "dos"} and was.most_common(1)[0][0] == "recon", was
+    assert moved[0]["phalanx"]["correlation"]["rule"] == "fan-in"
+    assert moved[0]["rule"]["name"] == "phalanx-ddos"
+    assert moved[0]["threat"]["technique"]["id"] == ["T1498"]
+    # Without correlation the per-flow labels stand: the flood reads as a scan.
+    out = tmp_path / "raw.jsonl"
+    res = runner.invoke(
+        app, ["detect", "-m", str(synthetic_model), "-i", str(datasets / name), "-o", str(out),
+              "--allow-unsigned", "--fpr", "0.01", "--no-correlate"]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    raw = Counter(a["phalanx"]["category"] for a in _alerts(out))
+    assert raw.most_common(1)[0][0] == "recon", raw
 
 
 @pytest.mark.slow

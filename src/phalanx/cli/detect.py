@@ -7,11 +7,14 @@ batches to :class:`~phalanx.services.detection.Detector`. Input is streamed batc
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import queue
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, TypeVar, cast
 
 import numpy as np
 import typer
@@ -25,9 +28,75 @@ from phalanx.core.errors import ConfigError, FormatError
 from phalanx.core.metrics import threshold_at_fpr
 from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.data.readers import ALL_FORMATS, detect_format, open_flows
+from phalanx.models.hybrid import HybridDetector
+from phalanx.services.correlation import AlertCorrelator, CorrelationRules
 from phalanx.services.detection import Detector, choose_threshold
 
 console = Console(stderr=True)
+T = TypeVar("T")
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a background thread at most ``depth`` ahead of the consumer.
+
+    Reading and parsing the next chunk (pyarrow, nfstream: they release the GIL) then overlaps
+    scoring and rendering the current one; memory stays bounded by ``depth`` chunks. An error
+    in the producer is raised in the consumer; when the consumer stops early, the producer stops
+    at its next chunk.
+    """
+    box: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(("end", None))
+        except BaseException as err:  # noqa: BLE001 (handed to the consumer, which re-raises it)
+            box.put(("error", err))
+
+    worker = threading.Thread(target=produce, name="phalanx-detect-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise cast(BaseException, value)
+            yield cast(T, value)
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                box.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        worker.join()
+
+
+def detect_files(
+    detector: Detector, files: Iterable[Path], fmt: str, chunk_rows: int, out: IO[bytes]
+) -> int:
+    """Score every flow of ``files`` and write the alerts to ``out``; the number of packets
+    behind the flows (captures only: their flows carry ``PACKETS``) is returned."""
+    packets = 0
+    for f in files:
+        offset = 0
+        for batch in prefetched(open_flows(f, fmt, chunk_rows=chunk_rows)):
+            alerts = detector.detect(batch, source=str(f), offset=offset)
+            out.writelines(detector.render(alerts))
+            offset += len(batch)
+            if "PACKETS" in batch.identifiers:
+                packets += int(batch.identifiers["PACKETS"].sum())
+    return packets
 
 
 def input_files(path: Path, fmt: str = "auto") -> tuple[list[Path], list[Path]]:
@@ -86,8 +155,12 @@ def calibrate_locally(
             cats = batch.category.astype(str)
             keep = cats == BENIGN if np.isin(cats, CATEGORIES).any() else np.ones(len(cats), bool)
             if keep.any():
-                score, _ = detector.score(detector.transform.transform(batch.take(keep)))
-                scores.append(score)
+                if isinstance(detector.model, HybridDetector):  # its anomaly part's scores
+                    x = detector.transform.transform(batch.take(keep))
+                    scores.append(detector.model.anomaly_score(x))
+                else:
+                    score, _ = detector.score_batch(batch.take(keep))
+                    scores.append(score)
     n = sum(len(s) for s in scores)
     if n < math.ceil(1.0 / fpr):
         raise ConfigError(
@@ -96,6 +169,11 @@ def calibrate_locally(
             hint="give more benign traffic, or a larger --fpr",
         )
     value = threshold_at_fpr(np.concatenate(scores), fpr)
+    if isinstance(detector.model, HybridDetector):
+        # The hybrid alerts above 1 on its combined score; what a member calibrates is the
+        # anomaly part's threshold (the classifier keeps its own cut): FPR <= classifier + fpr.
+        detector.model.set_anomaly_threshold(value)
+        return 1.0, f"anomaly part calibrated at FPR {fpr:g} on {n:,} local benign flows"
     return value, f"calibrated at FPR {fpr:g} on {n:,} local benign flows"
 
 
@@ -134,16 +212,52 @@ def detect(
     chunk_rows: Annotated[
         int, typer.Option("--chunk-rows", help="Flows scored per batch (bounds memory).")
     ] = 65536,
-    threads: Annotated[int, typer.Option("--threads", help="Torch threads for scoring.")] = 1,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", help="Threads scoring flows (default: the cores available)."),
+    ] = None,
+    correlate: Annotated[
+        bool,
+        typer.Option(
+            "--correlate/--no-correlate",
+            help="Relabel scan/flood alerts by their shape across flows (ADR 0011).",
+        ),
+    ] = True,
+    flood_sources: Annotated[
+        int, typer.Option("--flood-sources", help="Distinct sources on one target: ddos.")
+    ] = CorrelationRules.fan_in_sources,
+    flood_flows: Annotated[
+        int, typer.Option("--flood-flows", help="Alerts from one source on one port: dos.")
+    ] = CorrelationRules.flood_flows,
+    scan_targets: Annotated[
+        int, typer.Option("--scan-targets", help="Targets one source reaches when scanning.")
+    ] = CorrelationRules.scan_targets,
+    window: Annotated[
+        float, typer.Option("--window", help="Correlation window, seconds of flow start time.")
+    ] = CorrelationRules.window_s,
 ) -> None:
     """Score every flow of INPUT with MODEL and write alerts above the threshold as ECS JSON."""
     setup_runtime()
     import torch
 
     with user_errors():
+        if threads is None:
+            threads = available_cores()
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1, found {threads}")
-        torch.set_num_threads(threads)
+        # Detection is not training: it uses every core, as row slices scored on separate
+        # threads (Detector), each running torch on one thread.
+        torch.set_num_threads(1)
+        correlator = None
+        if correlate:
+            correlator = AlertCorrelator(
+                CorrelationRules(
+                    window_s=window,
+                    fan_in_sources=flood_sources,
+                    flood_flows=flood_flows,
+                    scan_targets=scan_targets,
+                )
+            )
         files, skipped = input_files(input, format)
         for f in skipped:
             console.print(f"[yellow]skipped[/] {f}: not a flow file in a known format")
@@ -162,6 +276,8 @@ def detect(
                 model_id=loaded.model_id,
                 model_version=loaded.version,
                 top_k=top_k,
+                threads=threads,
+                correlator=correlator,
             )
             if calibrate_on is not None and fpr is not None:
                 value, source = calibrate_locally(detector, calibrate_on, format, fpr, chunk_rows)
@@ -169,16 +285,11 @@ def detect(
             t0 = time.perf_counter()
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fh = out.open("w", encoding="utf-8")
+                fh = out.open("wb")
             except OSError as err:
                 raise ConfigError(f"{out}: cannot write the alerts ({err.strerror})") from err
-            with fh:
-                for f in files:
-                    offset = 0
-                    for batch in open_flows(f, format, chunk_rows=chunk_rows):
-                        for doc in detector.detect(batch, source=str(f), offset=offset):
-                            fh.write(json.dumps(doc, separators=(",", ":")) + "\n")
-                        offset += len(batch)
+            with fh, detector:
+                detect_files(detector, files, format, chunk_rows, fh)
             seconds = time.perf_counter() - t0
     summary = detector.summary
     table = Table(title=f"phalanx detect: {len(files)} input file(s)", show_header=False)
@@ -193,9 +304,21 @@ def detect(
     for cat, n in sorted(summary.by_category.items(), key=lambda kv: -kv[1]):
         table.add_row(f"  {cat}", f"{n:,}")
     rate = summary.flows / seconds if seconds > 0 else float("inf")
+    if correlator is not None:
+        moved = correlator.summary.relabelled
+        table.add_row("correlation", f"{correlator.summary.total():,} alerts relabelled")
+        for (rule, before, after), n in sorted(moved.items(), key=lambda kv: -kv[1]):
+            table.add_row(f"  {rule}", f"{before} -> {after}: {n:,}")
     table.add_row("throughput", f"{rate:,.0f} flows/s ({seconds:.2f} s)")
     table.add_row("alerts file", str(out))
     console.print(table)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def export(
@@ -222,5 +345,11 @@ def export(
             "phalanx.transform": loaded.transform.to_dict(),
             "phalanx.signature": loaded.signature.to_dict(),
         }
+        if isinstance(loaded.model, HybridDetector):
+            raise ConfigError(
+                f"{loaded.folder}: ONNX export of a hybrid model is not supported",
+                hint="export the classifier alone from an `--model mlp` run, or score with"
+                " `phalanx detect`",
+            )
         path = export_onnx(loaded.model, onnx, meta)
     console.print(f"wrote {path} (input 'features', {loaded.model.n_features} columns)")

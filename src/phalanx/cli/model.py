@@ -25,7 +25,7 @@ from phalanx.cli.common import err_console, user_errors
 from phalanx.core.errors import ConfigError, ModelError
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.models.bundle import bundle_digest, load_model, resolve_bundle, unpack_bundle
-from phalanx.models.explain import Model
+from phalanx.services.detection import Scoreable
 
 console = Console()
 
@@ -52,7 +52,7 @@ class LoadedModel:
     """A model bundle loaded for scoring, with what is known about where it came from."""
 
     folder: Path
-    model: Model
+    model: Scoreable
     metadata: dict[str, Any]
     transform: FeatureTransform
     signature: SignatureStatus

@@ -116,15 +116,23 @@ def _explained(scorer: ScoringNet, x: torch.Tensor) -> torch.Tensor:
     return odds
 
 
+def top_columns(attr: NDArray[np.float32], k: int) -> tuple[NDArray[np.intp], NDArray[np.float32]]:
+    """The ``k`` columns with the largest attributions of each row, largest first (ties: the
+    first column), and their values rounded to 6 decimals: two ``(n, min(k, columns))`` arrays.
+    """
+    k = max(0, min(k, attr.shape[1]))
+    order = np.argsort(-attr, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(attr, order, axis=1).round(6)
+
+
 def top_features(
     attr: NDArray[np.float32], names: Sequence[str], k: int
 ) -> list[list[tuple[str, float]]]:
     """The ``k`` columns pushing each row's score up the most, largest first (positive only)."""
     if attr.shape[0] == 0 or k <= 0:
         return [[] for _ in range(attr.shape[0])]
-    k = min(k, attr.shape[1])
-    order = np.argsort(-attr, axis=1, kind="stable")[:, :k]
-    values = np.take_along_axis(attr, order, axis=1).round(6).tolist()
+    order, rounded = top_columns(attr, k)
+    values = rounded.tolist()
     label = np.asarray(names, dtype=object)[order].tolist()
     return [
         [(n, v) for n, v in zip(row_names, row_values, strict=True) if v > 0]

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from phalanx.core.errors import ConfigError
@@ -145,9 +147,9 @@ class AlertCorrelator:
     def correlate(
         self,
         category: NDArray[np.object_],
-        src: NDArray[Any] | None,
-        dst: NDArray[Any] | None,
-        dport: NDArray[Any] | None,
+        src: NDArray[Any] | pa.Array | None,
+        dst: NDArray[Any] | pa.Array | None,
+        dport: NDArray[Any] | pa.Array | None,
         *,
         start_ms: NDArray[Any] | None,
         rows: NDArray[np.int64],
@@ -159,8 +161,8 @@ class AlertCorrelator:
         category:
             The model's category of every alert.
         src, dst, dport:
-            Source address, destination address and destination port of every alert (any
-            hashable values; ``None`` when the input lacks the column: nothing is relabelled).
+            Source address, destination address and destination port of every alert (numpy or
+            arrow arrays; ``None`` when the input lacks the column: nothing is relabelled).
         start_ms:
             Flow start time in epoch milliseconds, or ``None`` (windows of input rows then).
         rows:
@@ -207,15 +209,15 @@ class AlertCorrelator:
         self,
         window: _Window,
         sel: NDArray[np.intp],
-        src: NDArray[Any],
-        dst: NDArray[Any],
-        port: NDArray[Any],
+        src: NDArray[Any] | pa.Array,
+        dst: NDArray[Any] | pa.Array,
+        port: NDArray[Any] | pa.Array,
         out: Correlated,
     ) -> None:
         r = self.rules
-        s_vals, s_code = _codes(src[sel])
-        d_vals, d_code = _codes(dst[sel])
-        p_vals, p_code = _codes(port[sel])
+        s_vals, s_code = _codes(_take(src, sel))
+        d_vals, d_code = _codes(_take(dst, sel))
+        p_vals, p_code = _codes(_take(port, sel))
         ns, nd, npt = len(s_vals), len(d_vals), len(p_vals)
         # distinct sources per destination
         pair = np.unique(d_code.astype(np.int64) * ns + s_code)
@@ -266,6 +268,12 @@ class AlertCorrelator:
             out.rule[idx] = name
 
 
+def _take(values: NDArray[Any] | pa.Array, rows: NDArray[np.intp]) -> NDArray[Any] | pa.Array:
+    if isinstance(values, pa.Array):
+        return values.take(pa.array(rows))
+    return np.asarray(values)[rows]
+
+
 def _groups(keys: NDArray[np.int64]) -> list[tuple[int, int, int]]:
     """``(key, start, end)`` of each run of equal values in the sorted array ``keys``."""
     if keys.size == 0:
@@ -275,13 +283,24 @@ def _groups(keys: NDArray[np.int64]) -> list[tuple[int, int, int]]:
     return list(zip(keys[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
 
 
-def _codes(values: NDArray[Any]) -> tuple[NDArray[Any], NDArray[np.intp]]:
-    """Distinct values (``None`` and NaN as ``""``) and each row's index among them."""
-    arr = np.asarray(values)
-    if arr.dtype == object:
-        arr = np.array(["" if v is None or v != v else str(v) for v in arr.tolist()], dtype=object)
-    uniq, inv = np.unique(arr, return_inverse=True)
-    return uniq, inv.reshape(-1).astype(np.intp)
+def _codes(values: NDArray[Any] | pa.Array) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """Distinct values as text (a missing value is ``""``) and each row's index among them.
+
+    Arrow arrays (what :class:`~phalanx.services.alerts.FlowFields` holds) are hash-encoded
+    by arrow; numpy arrays are converted first.
+    """
+    if not isinstance(values, pa.Array):
+        arr = np.asarray(values)
+        if arr.dtype.kind in "iu":
+            values = pa.array(arr)
+        else:
+            values = pa.array(["" if v is None or v != v else str(v) for v in arr.tolist()])
+    if not pa.types.is_string(values.type):
+        values = pc.cast(values, pa.string())
+    encoded = pc.dictionary_encode(values)
+    uniq = np.array([*encoded.dictionary.to_pylist(), ""], dtype=object)
+    idx = pc.fill_null(encoded.indices, len(uniq) - 1)
+    return uniq, idx.to_numpy(zero_copy_only=False).astype(np.intp)
 
 
 __all__ = [

@@ -99,8 +99,8 @@ class FeatureTransform:
             self.schema.column(c).buckets for c in self.schema.categorical
         )
 
-    def transform(self, batch: FlowBatch) -> NDArray[np.float32]:
-        """The ``(n, n_features)`` float32 model input for ``batch``."""
+    def require_schema(self, batch: FlowBatch) -> None:
+        """Refuse a batch in another schema than the transform's (:class:`SchemaMismatchError`)."""
         if batch.schema.hash() != self.schema_hash:
             raise SchemaMismatchError(
                 f"feature transform was fit for schema {self.schema.source!r}"
@@ -108,6 +108,10 @@ class FeatureTransform:
                 f" {batch.schema.source!r} v{batch.schema.version} ({batch.schema.hash()[:12]})",
                 hint="refit the transform or read the flows with the federation's schema",
             )
+
+    def transform(self, batch: FlowBatch) -> NDArray[np.float32]:
+        """The ``(n, n_features)`` float32 model input for ``batch``."""
+        self.require_schema(batch)
         n = len(batch)
         k = len(self.schema.numeric)
         out = np.zeros((n, self.n_features), dtype=np.float32)
