@@ -58,3 +58,13 @@ def test_serve_with_a_missing_file_exits_2_with_a_message(tmp_path: Path) -> Non
     res = CliRunner().invoke(app, ["coordinator", "serve", "--config", str(tmp_path / "nope.toml")])
     assert res.exit_code == 2
     assert "does not exist" in " ".join(res.output.split())
+
+
+def test_record_dp_with_a_hybrid_model_is_refused_up_front(tmp_path: Path) -> None:
+    text = GOOD + '\n[model]\nkind = "hybrid"\n\n[privacy]\nmode = "record"\nepsilon = 8.0\n'
+    (tmp_path / "federation.toml").write_text(text)
+    with pytest.raises(ConfigError, match="hybrid") as err:
+        load_config(tmp_path / "federation.toml")
+    assert "client-central" in (err.value.hint or "")
+    (tmp_path / "federation.toml").write_text(text.replace('"record"', '"client-central"'))
+    assert load_config(tmp_path / "federation.toml").model.kind == "hybrid"

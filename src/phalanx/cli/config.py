@@ -169,6 +169,13 @@ def load_config(path: Path) -> FederationConfig:
             "identity_dir": _under(base, cfg.server.identity_dir),
         }
     )
+    if cfg.privacy.mode == "record" and cfg.model.kind == "hybrid":
+        raise ConfigError(
+            f'{path}: [privacy] mode = "record" cannot train [model] kind = "hybrid"'
+            " (DP-SGD accounts for one network; the hybrid trains two on different rows)",
+            hint='use kind = "mlp" with record-level DP, or mode = "client-central" or'
+            ' "client-distributed" with the hybrid',
+        )
     state = cfg.state.model_copy(update={"dir": _under(base, cfg.state.dir)})
     return cfg.model_copy(update={"server": server, "state": state})
 

@@ -46,6 +46,7 @@ from phalanx.core.types import ParticipantId, Weights
 from phalanx.data.schemas import SCHEMAS
 from phalanx.models.bundle import pack_bundle, save_model
 from phalanx.models.federated import build_model
+from phalanx.models.hybrid import HybridDetector
 from phalanx.services.coordinator import Coordinator
 from phalanx.services.quarantine import QuarantineTransport
 
@@ -222,7 +223,13 @@ class CoordinatorHost:
             "schema_hash": self.schema.hash(),
             "transform": transform.to_dict(),
             "taxonomy": list(CATEGORIES),
-            "thresholds": {"default": 0.5},
+            # A hybrid alerts above 1 on its combined score; its anomaly threshold needs benign
+            # traffic the coordinator does not hold: members set it (detect --calibrate-on).
+            "thresholds": (
+                {"default": 1.0, "classifier": float(model.classifier_threshold)}
+                if isinstance(model, HybridDetector)
+                else {"default": 0.5}
+            ),
             "provenance": {
                 "federation": self.cfg.federation.name,
                 "algorithm": self.cfg.training.algorithm,
