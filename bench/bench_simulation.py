@@ -88,6 +88,12 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _rss_mb() -> float:
+    """This process's resident set size (from /proc), for the parent's memory by phase."""
+    m = re.search(r"^VmRSS:\s+(\d+) kB", _read("/proc/self/status") or "", re.M)
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
 class _MarkedTransport:
     """Delegates to a transport; runs ``before_fit`` once, before the first ``FIT`` stage.
 
@@ -103,13 +109,17 @@ class _MarkedTransport:
     def available(self) -> Any:
         return self.inner.available()
 
-    def exchange(self, tasks: Any, *, deadline_s: float | None = None) -> Any:
+    @property
+    def streams_replies(self) -> bool:
+        return getattr(self.inner, "streams_replies", False) is True
+
+    def exchange(self, tasks: Any, *, deadline_s: float | None = None, **streaming: Any) -> Any:
         from phalanx.core.messages import Stage
 
         if not self.fired and any(t.stage is Stage.FIT for t in tasks.values()):
             self.fired = True
             self.before_fit()
-        return self.inner.exchange(tasks, deadline_s=deadline_s)
+        return self.inner.exchange(tasks, deadline_s=deadline_s, **streaming)
 
     @property
     def bytes_down(self) -> int:
@@ -151,6 +161,7 @@ def phalanx_child(
     from phalanx.services.participant import ModelCache, Participant
 
     phases = {"imported": time.time()}
+    rss = {"imported": _rss_mb()}
     with np.load(W.data_cache_path(cache)) as npz:  # the workload's data (not its torch cache)
         x_tr, y_tr, x_te, y_te = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     assign = W.load_partition(cache, n)
@@ -184,10 +195,12 @@ def phalanx_child(
     }
     del x_tr, y_tr, x_te
     phases["participants_built"] = time.time()
+    rss["participants_built"] = _rss_mb()
     pool = ProcessPoolTransport(
         {p: h.handle for p, h in participants.items()}, workers=workers, worker_init=_one_thread
     )
     phases["pool_started"] = time.time()
+    rss["pool_started"] = _rss_mb()
     tconf = {"model": spec, "local_epochs": 1}
     plan = FederationPlan(rounds=rounds, min_participants=n, seed=0, train_config=tconf)
 
@@ -222,6 +235,7 @@ def phalanx_child(
                 **res,
                 "bytes_down": transport.bytes_down,
                 "bytes_up": transport.bytes_up,
+                "parent_rss_mb": _rss_mb(),
             }
         )
         print(f"[phalanx] n={n} round={rnd} acc={res['accuracy']:.4f} t={t1:.3f}", flush=True)
@@ -236,7 +250,7 @@ def phalanx_child(
     if profile:
         import cProfile
 
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time)  # CPU time: waits for workers do not count
         prof.enable()
     try:
         coordinator.run()
@@ -244,7 +258,8 @@ def phalanx_child(
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile)
-        transport.close()
+        transport.close()  # joins the workers, so their CPU is in os.times().children_*
+    cpu = os.times()
     model_bytes = sum(w.nbytes for w in fed.weights)
     result = {
         "system": "phalanx",
@@ -256,6 +271,9 @@ def phalanx_child(
         "bytes_down": transport.bytes_down,
         "bytes_up": transport.bytes_up,
         "marks": marks,
+        "cpu_parent_s": cpu.user + cpu.system,
+        "parent_rss_mb": {**rss, "end": _rss_mb()},
+        "cpu_workers_s": cpu.children_user + cpu.children_system,
         "phases": {k: v - t_main for k, v in phases.items()},
         "stages": [
             {"round": t.round, "stage": t.stage.value, "seconds": t.seconds, "replies": t.replies}
@@ -475,7 +493,7 @@ class Bench:
         if proc.returncode != 0 or not path.exists():
             print(proc.stdout[-2000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
             return {"system": label, "n": n, "rep": rep, "rc": proc.returncode or "no result"}
-        r = json.loads(path.read_text())
+        r: dict[str, Any] = json.loads(path.read_text())
         r.pop("server", None)
         r.update(system=label, n=n)
         return r
@@ -538,6 +556,8 @@ class Bench:
                 bytes_up_per_round=srv["bytes_up"] / max(len(srv["marks"]) - 1, 1),
                 stages=srv["stages"],
                 phases={"launch_to_main": srv["t_servermain_start"] - t_launch, **srv["phases"]},
+                cpu_parent_s=srv.get("cpu_parent_s"),
+                cpu_workers_s=srv.get("cpu_workers_s"),
             )
         else:
             print(log.read_text()[-4000:], file=sys.stderr)
@@ -571,7 +591,13 @@ class Bench:
             f"   {r['system']} N={r['n']}: steady {r['steady_round_median_s']:.3f} s, round 1"
             f" {r['round1_s']:.2f} s, launch->round 1 {r['to_first_round_start_s']:.2f} s,"
             f" peak PSS {r['peak_pss_mb']:.0f} MB, accuracy {r['final_accuracy']:.4f},"
-            f" other load {r.get('other_cpu_frac_of_machine', float('nan')):.2f}",
+            f" other load {r.get('other_cpu_frac_of_machine', float('nan')):.2f},"
+            f" CPU {r.get('tree_cpu_s', float('nan')):.1f} s"
+            + (
+                f" (parent {r['cpu_parent_s']:.1f} s, workers {r['cpu_workers_s']:.1f} s)"
+                if "cpu_parent_s" in r
+                else ""
+            ),
             flush=True,
         )
 
@@ -697,7 +723,9 @@ def main() -> None:
         "--skip-flower-n", type=int, nargs="*", default=[], help="no Flower run at these N"
     )
     ap.add_argument("--plain1", action="store_true", help="also the 1-process plain loop")
-    ap.add_argument("--profile", action="store_true", help="cProfile Phalanx's coordinator")
+    ap.add_argument(
+        "--profile", action="store_true", help="cProfile Phalanx's coordinator (CPU time)"
+    )
     ap.add_argument(
         "--work",
         default=os.environ.get("FEDBENCH_WORK", "/tmp/phalanx-bench"),

@@ -6,13 +6,14 @@ the :class:`Transport` they are given (in-process, a local process pool, or gRPC
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from os import PathLike
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from phalanx.core.errors import PhalanxError
+from phalanx.core.fit_stream import SumPlan
 from phalanx.core.messages import Reply, Task
 from phalanx.core.privacy.spec import LedgerEntry, PrivacyEvent
 from phalanx.core.types import ParticipantId
@@ -46,6 +47,35 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Release workers, channels and sockets."""
+        ...
+
+
+OnReply = Callable[[ParticipantId, Reply | None], Reply | None]
+
+
+@runtime_checkable
+class StreamingTransport(Protocol):
+    """A :class:`~phalanx.ports.Transport` that can hand each reply over as it arrives.
+
+    ``on_reply(pid, reply)`` is called once per participant (``reply=None`` when it failed) and
+    what it returns is what ``exchange`` puts in its result for ``pid`` (``None``: left out).
+    The coordinator passes :meth:`Federation.absorb`, so a streamable aggregation folds each
+    update while the others still train instead of holding them all. A transport that runs many
+    participants in one process may also pre-sum whole groups as ``sums`` describes
+    (hierarchical aggregation; :mod:`phalanx.core.fit_stream`), or ignore it.
+    """
+
+    streams_replies: bool
+
+    def exchange(
+        self,
+        tasks: Mapping[ParticipantId, Task],
+        *,
+        deadline_s: float | None = None,
+        on_reply: OnReply | None = None,
+        sums: SumPlan | None = None,
+    ) -> dict[ParticipantId, Reply]:
+        """As :meth:`phalanx.ports.Transport.exchange`, calling ``on_reply`` per reply."""
         ...
 
 

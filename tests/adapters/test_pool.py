@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -51,7 +54,9 @@ def tasks(**per: dict[str, object]) -> dict[ParticipantId, Task]:
 
 def run_both(
     batch: dict[ParticipantId, Task],
-) -> tuple[dict, dict, InProcessTransport, ProcessPoolTransport]:
+) -> tuple[
+    dict[ParticipantId, Reply], dict[ParticipantId, Reply], InProcessTransport, ProcessPoolTransport
+]:
     inproc = InProcessTransport(dict.fromkeys(PIDS, echo))
     with ProcessPoolTransport(dict.fromkeys(PIDS, echo), workers=2) as pool:
         got = pool.exchange(batch)
@@ -67,7 +72,7 @@ def run_both(
         {"p4": {"lr": -0.0}, "p0": {"lr": float("nan")}},
     ],
 )
-def test_replies_and_bytes_match_the_in_process_transport(per: dict) -> None:
+def test_replies_and_bytes_match_the_in_process_transport(per: dict[str, Any]) -> None:
     batch = tasks(**per)
     want, got, inproc, pool = run_both(batch)
     assert sorted(got) == sorted(want) == PIDS
@@ -109,3 +114,31 @@ def test_stages_with_different_arrays_each_get_their_own_frame() -> None:
         for x, y in zip(want[pid].arrays, got[pid].arrays, strict=True):
             assert np.array_equal(x, y)
     assert pool.bytes_down == inproc.bytes_down
+
+
+@pytest.mark.parametrize("transport", ["pool", "inproc"])
+def test_on_reply_sees_every_reply_as_it_arrives_and_shapes_the_result(transport: str) -> None:
+    """The coordinator's streaming hook: called once per participant (``None`` for a failed
+    task); what it returns is the result, and ``None`` leaves the participant out."""
+    batch = tasks(p1={"fail": True})
+    seen: list[tuple[ParticipantId, Reply | None]] = []
+
+    def on_reply(pid: ParticipantId, reply: Reply | None) -> Reply | None:
+        seen.append((pid, reply))
+        if reply is None or pid == PIDS[4]:
+            return None
+        return dataclasses.replace(reply, arrays=[])
+
+    if transport == "pool":
+        with ProcessPoolTransport(dict.fromkeys(PIDS, echo), workers=2) as pool:
+            assert pool.streams_replies
+            got = pool.exchange(batch, on_reply=on_reply)
+    else:
+        inproc = InProcessTransport(dict.fromkeys(PIDS, echo))
+        assert inproc.streams_replies
+        got = inproc.exchange(batch, on_reply=on_reply)
+    assert sorted(p for p, _ in seen) == PIDS
+    assert dict(seen)[PIDS[1]] is None
+    assert all(r is not None and r.arrays for p, r in seen if p != PIDS[1])
+    assert sorted(got) == [PIDS[0], PIDS[2], PIDS[3]]
+    assert all(r.arrays == [] and r.participant == p for p, r in got.items())

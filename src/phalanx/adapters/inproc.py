@@ -10,16 +10,21 @@ import logging
 from collections.abc import Callable, Mapping
 
 from phalanx.core.errors import PhalanxError
+from phalanx.core.fit_stream import SumPlan
 from phalanx.core.messages import Reply, Task, decode_reply, decode_task, encode_reply, encode_task
 from phalanx.core.types import ParticipantId
 
 log = logging.getLogger("phalanx.transport.inproc")
 
 Handler = Callable[[Task], Reply]
+OnReply = Callable[[ParticipantId, Reply | None], Reply | None]
 
 
 class InProcessTransport:
     """A transport over a dict of participant handlers, run one after another."""
+
+    streams_replies = True
+    """:meth:`exchange` takes ``on_reply`` and calls it after each participant's task."""
 
     def __init__(self, handlers: Mapping[ParticipantId, Handler]) -> None:
         self._handlers = dict(handlers)
@@ -31,9 +36,19 @@ class InProcessTransport:
         return sorted(self._handlers)
 
     def exchange(
-        self, tasks: Mapping[ParticipantId, Task], *, deadline_s: float | None = None
+        self,
+        tasks: Mapping[ParticipantId, Task],
+        *,
+        deadline_s: float | None = None,
+        on_reply: OnReply | None = None,
+        sums: SumPlan | None = None,
     ) -> dict[ParticipantId, Reply]:
-        """Run each task; a participant that raises is left out of the result (and logged)."""
+        """Run each task; a participant that raises is left out of the result (and logged).
+
+        ``on_reply(pid, reply)``, when given, is called after each task (``None`` for one that
+        failed) and the result holds what it returns, leaving out ``None``. ``sums`` is
+        ignored: every reply already reaches ``on_reply`` in this process, one at a time.
+        """
         replies: dict[ParticipantId, Reply] = {}
         for pid, task in tasks.items():
             frame = encode_task(task)
@@ -43,9 +58,15 @@ class InProcessTransport:
                 out = encode_reply(reply)
             except PhalanxError as exc:
                 log.warning("participant %s failed its task: %s", pid, exc)
+                if on_reply is not None:
+                    on_reply(pid, None)
                 continue
             self._up += len(out)
-            replies[pid] = decode_reply(out)
+            got: Reply | None = decode_reply(out)
+            if on_reply is not None:
+                got = on_reply(pid, got)
+            if got is not None:
+                replies[pid] = got
         return replies
 
     @property

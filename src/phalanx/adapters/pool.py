@@ -8,13 +8,15 @@ Before the fork the parent imports what every worker would otherwise import on i
 task (:func:`preload_torch`) and freezes its garbage collector's view of the inherited objects, so
 the workers share those pages instead of copying them, and start their first round at full speed.
 
-Tasks of one stage usually differ only in a few scalars of their config (every ``FIT`` task of a
-round carries the same global weights and the same feature transform; only the seed differs). The
-pool encodes such a stage once: each worker gets one message holding the shared frame, encoded by
-:func:`~phalanx.core.messages.encode_task`, and per participant the config values that differ.
-The worker decodes the shared frame once and gives every participant a :class:`Task` equal to
-what decoding that participant's own frame would give, with its own copies of the arrays. The
-byte counters still count, per participant, the length of the frame a deployment would send it.
+Tasks of one stage usually differ only in a few scalars of their config: the pool encodes such a
+stage once and sends each worker the shared frame plus per-participant config differences
+(:mod:`phalanx.adapters.pool_frames`). The byte counters still count, per participant, the length
+of the frame a deployment would send it, and of the reply it would send back.
+
+Replies can reach the coordinator as they arrive (``on_reply``), so it folds each update into a
+running aggregate while the others still train; in a streamed ``FIT`` stage a worker that trains
+every member of a group of the canonical summation order sends that group's pre-summed update
+instead of one update per member (hierarchical aggregation, :mod:`phalanx.adapters.pool_sums`).
 """
 
 from __future__ import annotations
@@ -22,28 +24,37 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import json
 import logging
+import marshal
 import multiprocessing as mp
 import struct
 import sys
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
+from phalanx.adapters.pool_frames import (
+    Shared,
+    config_diff,
+    decode_batch,
+    encode_batch,
+    json_value,
+    task_from_shared,
+)
+from phalanx.adapters.pool_sums import GroupSums, owned_groups, read_folded, read_partial
 from phalanx.core.errors import PhalanxError, ProtocolError
+from phalanx.core.fit_stream import SumPlan
 from phalanx.core.messages import Reply, Task, decode_reply, decode_task, encode_reply, encode_task
 from phalanx.core.types import ParticipantId
 
 log = logging.getLogger("phalanx.transport.pool")
 
 Handler = Callable[[Task], Reply]
-_OK, _FAILED = 0, 1
+OnReply = Callable[[ParticipantId, Reply | None], Reply | None]
+_OK, _FAILED, _FOLDED, _PARTIAL = 0, 1, 2, 3  # see pool_sums for the last two
 _STOP = 0xFFFFFFFF
-_SCALARS = (str, int, float, bool, type(None))
 
 
 def _pack(pid: str, status: int, frame: bytes) -> bytes:
@@ -51,121 +62,10 @@ def _pack(pid: str, status: int, frame: bytes) -> bytes:
     return struct.pack("<IB", len(raw), status) + raw + frame
 
 
-def _unpack(blob: bytes) -> tuple[str, int, bytes]:
+def _unpack(blob: bytes) -> tuple[str, int, memoryview]:
+    """Name, status and frame of a worker's message; the frame is a view, not a copy."""
     n, status = struct.unpack("<IB", blob[:5])
-    return blob[5 : 5 + n].decode(), status, blob[5 + n :]
-
-
-def _json(value: Any) -> str:
-    """A value as :func:`~phalanx.core.messages.encode_task` writes it into the frame header."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=True)
-
-
-@dataclass
-class _Shared:
-    """One encoded task frame and the tasks that differ from it only in scalar config values."""
-
-    task: Task
-    frame: bytes
-    items: list[tuple[ParticipantId, dict[str, Any]]] = field(default_factory=list)
-
-
-def _config_diff(base: Task, task: Task) -> dict[str, Any] | None:
-    """The config values of ``task`` that differ from ``base``, when nothing else differs.
-
-    ``None`` when the two tasks differ in anything but top-level scalar config values: round,
-    stage, schema hash, arrays (compared by identity), config keys or their order, or a
-    non-scalar config value (compared with ``==``). A differing scalar must also keep its type,
-    so that it is written into the frame exactly as the shared frame writes it. (Nested values
-    that are equal but written differently, such as ``[1]`` and ``[1.0]``, reach the participant
-    as the shared frame writes them; the tasks of one stage are built by one federation and do
-    not differ that way.)
-    """
-    if (
-        task.round != base.round
-        or task.stage is not base.stage
-        or task.schema_hash != base.schema_hash
-        or not _same_arrays(task.weights, base.weights)
-        or task.extras.keys() != base.extras.keys()
-        or any(not _same_arrays(v, base.extras[k]) for k, v in task.extras.items())
-        or list(task.config) != list(base.config)
-    ):
-        return None
-    diff: dict[str, Any] = {}
-    for key, value in task.config.items():
-        ref = base.config[key]
-        if value is ref:
-            continue
-        if isinstance(value, _SCALARS) and type(value) is type(ref):
-            if value != ref or (isinstance(value, float) and _json(value) != _json(ref)):
-                diff[key] = value
-        elif isinstance(value, _SCALARS) or isinstance(ref, _SCALARS) or not _equal(value, ref):
-            return None
-    return diff
-
-
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):  # e.g. arrays, whose == is element-wise
-        return False
-
-
-def _same_arrays(a: list[Any], b: list[Any]) -> bool:
-    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
-
-
-def _task_from_shared(shared: Task, diff: Mapping[str, Any], config_json: str) -> Task:
-    """What :func:`decode_task` gives for the frame of ``shared`` with ``diff`` in its config."""
-    config = json.loads(config_json)
-    config.update(diff)
-    return Task(
-        round=shared.round,
-        stage=shared.stage,
-        schema_hash=shared.schema_hash,
-        weights=[a.copy() for a in shared.weights],
-        config=config,
-        extras={k: [a.copy() for a in v] for k, v in shared.extras.items()},
-    )
-
-
-def _encode_batch(groups: list[_Shared]) -> bytes:
-    """A worker's share of one stage: ``u32 groups``, then per group ``u32 frame_len | frame |
-    u32 items`` and per item ``u32 pid_len | pid | u32 diff_len | diff JSON``."""
-    parts = [struct.pack("<I", len(groups))]
-    for g in groups:
-        parts += [struct.pack("<I", len(g.frame)), g.frame, struct.pack("<I", len(g.items))]
-        for pid, diff in g.items:
-            raw_pid, raw_diff = str(pid).encode(), _json(diff).encode()
-            parts += [struct.pack("<I", len(raw_pid)), raw_pid]
-            parts += [struct.pack("<I", len(raw_diff)), raw_diff]
-    return b"".join(parts)
-
-
-def _decode_batch(blob: bytes) -> list[tuple[bytes, list[tuple[str, dict[str, Any]]]]]:
-    """Inverse of :func:`_encode_batch`."""
-    view = memoryview(blob)
-    pos = 0
-
-    def u32() -> int:
-        nonlocal pos
-        (value,) = struct.unpack_from("<I", view, pos)
-        pos += 4
-        return int(value)
-
-    def chunk() -> bytes:
-        nonlocal pos
-        n = u32()
-        out = bytes(view[pos : pos + n])
-        pos += n
-        return out
-
-    groups = []
-    for _ in range(u32()):
-        frame = chunk()
-        items = [(chunk().decode(), json.loads(chunk())) for _ in range(u32())]
-        groups.append((frame, items))
-    return groups
+    return blob[5 : 5 + n].decode(), status, memoryview(blob)[5 + n :]
 
 
 def preload_torch() -> None:
@@ -196,25 +96,49 @@ def _worker(
             return
         # The whole stage arrived in one message before any reply is written: the parent writes
         # every worker's message before it reads, so a reply cannot fill both pipes.
-        for frame, items in _decode_batch(blob):
+        batch, plan = decode_batch(blob)
+        sums = GroupSums(plan)
+        for frame, items in batch:
             shared: Task | None = None
-            config_json, error = "", ""
+            config_copy, error = b"", ""
             try:
                 shared = decode_task(frame)
-                config_json = _json(shared.config)
+                config_copy = marshal.dumps(shared.config)
             except PhalanxError as exc:
                 error = str(exc)
             for pid, diff in items:
+                task: Task | None = None
                 try:
                     if shared is None:
                         raise ProtocolError(error)
-                    task = _task_from_shared(shared, diff, config_json)
+                    task = task_from_shared(shared, diff, config_copy)
                     reply = handlers[ParticipantId(pid)](task)
-                    conn.send_bytes(_pack(pid, _OK, encode_reply(reply)))
+                    folded = sums.fold(ParticipantId(pid), reply, task)
+                    if folded is None:
+                        conn.send_bytes(_pack(pid, _OK, encode_reply(reply)))
+                    else:
+                        conn.send_bytes(_pack(pid, _FOLDED, folded))
                 except PhalanxError as exc:
                     conn.send_bytes(_pack(pid, _FAILED, str(exc).encode()))
                 except Exception:  # noqa: BLE001 - a participant bug must not kill the worker
                     conn.send_bytes(_pack(pid, _FAILED, traceback.format_exc().encode()))
+                _send_partial(conn, sums, ParticipantId(pid), task)
+
+
+def _send_partial(conn: Connection, sums: GroupSums, pid: ParticipantId, task: Task | None) -> None:
+    """After a pre-summed group's last member, its partial sum (or why there is none)."""
+    try:
+        done = sums.settled(pid, task)
+        if done is not None:
+            conn.send_bytes(_pack(done[0], _PARTIAL, done[1]))
+    except Exception:  # noqa: BLE001 - the parent still counts one message for the group
+        group = json_value({"group": -1, "members": []})
+        conn.send_bytes(_pack(group, _FAILED, traceback.format_exc().encode()))
+
+
+def _json_len(value: Any) -> int:
+    """``len(json_value(value))``; an int (the usual differing value: a seed) is its ``str``."""
+    return len(str(value)) if type(value) is int else len(json_value(value))
 
 
 class ProcessPoolTransport:
@@ -232,6 +156,9 @@ class ProcessPoolTransport:
         Run once in the parent before the fork, so that the workers inherit what it loads
         (default :func:`preload_torch`; ``None`` for nothing).
     """
+
+    streams_replies = True
+    """:meth:`exchange` takes ``on_reply`` and calls it as each reply arrives."""
 
     def __init__(
         self,
@@ -271,33 +198,55 @@ class ProcessPoolTransport:
         return sorted(self._owner)
 
     def exchange(
-        self, tasks: Mapping[ParticipantId, Task], *, deadline_s: float | None = None
+        self,
+        tasks: Mapping[ParticipantId, Task],
+        *,
+        deadline_s: float | None = None,
+        on_reply: OnReply | None = None,
+        sums: SumPlan | None = None,
     ) -> dict[ParticipantId, Reply]:
-        """Send each worker its participants' tasks, then gather every reply."""
-        per_worker: dict[int, list[_Shared]] = {}
-        shared: list[_Shared] = []
+        """Send each worker its participants' tasks, then gather every reply.
+
+        ``on_reply(pid, reply)``, when given, is called as each reply is decoded (with ``None``
+        for a participant whose task failed), while the other participants still train; the
+        result holds what it returns (e.g. the reply without its arrays, once the coordinator
+        has folded them into a running aggregate), and leaves out ``None``. With ``sums`` too,
+        a worker that trains every member of one of its groups pre-sums them
+        (:mod:`phalanx.adapters.pool_sums`) and ``sums.absorb`` takes the group's partial sum
+        with the members' replies, which the result then holds.
+        """
+        per_worker: dict[int, list[Shared]] = {}
+        shared: list[Shared] = []
+        sent: list[tuple[Shared, dict[str, Any]]] = []  # counted once the workers have theirs
         for pid, task in tasks.items():
             if pid not in self._owner:
                 raise ProtocolError(f"no participant {pid!r} in this pool")
-            diff = _config_diff(shared[-1].task, task) if shared else None
+            diff = config_diff(shared[-1].task, task) if shared else None
             if diff is None:
-                shared.append(_Shared(task, encode_task(task)))
+                shared.append(Shared(task, encode_task(task)))
                 diff = {}
             base = shared[-1]
+            sent.append((base, diff))
+            groups = per_worker.setdefault(self._owner[pid], [])
+            if not groups or groups[-1].frame is not base.frame:
+                groups.append(Shared(base.task, base.frame))
+            groups[-1].items.append((pid, diff))
+        plans: dict[int, dict[str, list[str]]] = {}
+        if sums is not None and on_reply is not None:
+            plans = owned_groups(sums, self._owner, list(tasks))
+        pending: dict[Connection, int] = {}  # messages still expected, per worker
+        for w, groups in per_worker.items():
+            plan = {"stride": sums.stride, "groups": plans[w]} if sums and w in plans else {}
+            self._conns[w].send_bytes(encode_batch(groups, plan))
+            pending[self._conns[w]] = sum(len(g.items) for g in groups) + len(plans.get(w, {}))
+        for base, diff in sent:  # while the workers train
             # Counted as a deployment sends it: this participant's own frame, whose header
             # differs from the shared one only in the differing values' JSON.
             self._down += len(base.frame) + sum(
-                len(_json(v)) - len(_json(base.task.config[k])) for k, v in diff.items()
+                _json_len(v) - _json_len(base.task.config[k]) for k, v in diff.items()
             )
-            groups = per_worker.setdefault(self._owner[pid], [])
-            if not groups or groups[-1].frame is not base.frame:
-                groups.append(_Shared(base.task, base.frame))
-            groups[-1].items.append((pid, diff))
-        pending: dict[Connection, int] = {}  # replies still expected, per worker
-        for w, groups in per_worker.items():
-            self._conns[w].send_bytes(_encode_batch(groups))
-            pending[self._conns[w]] = sum(len(g.items) for g in groups)
         replies: dict[ParticipantId, Reply] = {}
+        folded: dict[ParticipantId, Reply] = {}  # replies whose update is in a partial sum
         while pending:
             for ready in wait(list(pending)):
                 conn = cast(Connection, ready)
@@ -311,12 +260,45 @@ class ProcessPoolTransport:
                 if pending[conn] == 0:
                     del pending[conn]
                 name, status, frame = _unpack(blob)
-                if status != _OK:
-                    log.warning("participant %s failed its task: %s", name, frame.decode()[-2000:])
-                    continue
-                self._up += len(frame)
-                replies[ParticipantId(name)] = decode_reply(frame)
+                del blob
+                self._receive(name, status, frame, on_reply, sums, folded, replies)
         return replies
+
+    def _receive(
+        self,
+        name: str,
+        status: int,
+        frame: memoryview,
+        on_reply: OnReply | None,
+        sums: SumPlan | None,
+        folded: dict[ParticipantId, Reply],
+        replies: dict[ParticipantId, Reply],
+    ) -> None:
+        """Handle one worker message: a reply, a failure, a folded reply or a partial sum."""
+        pid = ParticipantId(name)
+        if status == _FAILED:
+            why = bytes(frame).decode(errors="replace")[-2000:]
+            log.warning("participant %s failed its task: %s", name, why)
+            if on_reply is not None and not name.startswith("{"):  # not a group's partial
+                on_reply(pid, None)
+        elif status == _FOLDED:
+            size, folded[pid] = read_folded(frame)
+            self._up += size  # what a deployment would have sent: the whole reply
+        elif status == _PARTIAL and sums is not None:
+            try:
+                partial = read_partial(name, frame, sums.stride)
+                members = {p: folded.pop(p) for p in partial.participants}
+                replies.update(sums.absorb(partial, members))
+            except (PhalanxError, KeyError) as exc:
+                log.error("a worker's partial sum was refused, its members are out: %s", exc)
+        elif status == _OK:
+            self._up += len(frame)
+            if on_reply is None:
+                reply: Reply | None = decode_reply(frame)
+            else:  # read once, folded and dropped by on_reply: views of the frame suffice
+                reply = on_reply(pid, decode_reply(frame, copy=False))
+            if reply is not None:
+                replies[pid] = reply
 
     @property
     def bytes_down(self) -> int:

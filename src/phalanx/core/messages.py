@@ -17,6 +17,7 @@ shape, so a frame is fully validated before any array is built.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -150,6 +151,19 @@ def decode_task(frame: bytes) -> Task:
 
 def encode_reply(reply: Reply) -> bytes:
     """The binary frame of a reply."""
+    header, groups = _reply_parts(reply)
+    return _encode(header, groups)
+
+
+def reply_frame_size(reply: Reply) -> int:
+    """``len(encode_reply(reply))``, computed without copying the arrays."""
+    header, groups = _reply_parts(reply)
+    specs, size = _specs(groups)
+    blob = json.dumps({**header, "arrays": specs}, separators=(",", ":"), allow_nan=True)
+    return 8 + len(blob.encode()) + size
+
+
+def _reply_parts(reply: Reply) -> tuple[dict[str, Any], dict[str, Weights]]:
     header = {
         "kind": "reply",
         "participant": str(reply.participant),
@@ -160,12 +174,17 @@ def encode_reply(reply: Reply) -> bytes:
         "metrics": reply.metrics,
         "refused": reply.refused,
     }
-    return _encode(header, {"arrays": reply.arrays, **_prefixed(reply.extras)})
+    return header, {"arrays": reply.arrays, **_prefixed(reply.extras)}
 
 
-def decode_reply(frame: bytes) -> Reply:
-    """Inverse of :func:`encode_reply`; :class:`ProtocolError` on anything malformed."""
-    header, groups = _decode(frame, "reply")
+def decode_reply(frame: bytes | memoryview, *, copy: bool = True) -> Reply:
+    """Inverse of :func:`encode_reply`; :class:`ProtocolError` on anything malformed.
+
+    With ``copy=False`` the arrays are read-only views of ``frame`` (which they keep alive),
+    back to back in the frame's order: for a reader that only reads them once, such as a
+    coordinator folding the update into a running sum.
+    """
+    header, groups = _decode(frame, "reply", copy=copy)
     try:
         return Reply(
             participant=ParticipantId(str(header["participant"])),
@@ -210,7 +229,28 @@ def _encode(header: dict[str, Any], groups: dict[str, Weights]) -> bytes:
     return b"".join([MAGIC, struct.pack("<I", len(blob)), blob, *payloads])
 
 
-def _decode(frame: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Weights]]:
+def _specs(groups: dict[str, Weights]) -> tuple[list[list[Any]], int]:
+    """The header's array specs, as :func:`_encode` writes them, and the payload size."""
+    specs: list[list[Any]] = []
+    size = 0
+    for group, arrays in groups.items():
+        for i, a in enumerate(arrays):
+            arr = np.asarray(a)
+            dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+            if dt.str not in _ALLOWED_DTYPES:
+                raise ProtocolError(
+                    f"cannot send array {group}[{i}] of dtype {arr.dtype}: expected one of"
+                    f" {sorted(_ALLOWED_DTYPES)}"
+                )
+            shape = list(arr.shape) if arr.ndim else [1]  # ascontiguousarray makes 0-d 1-d
+            specs.append([group, i, dt.str, shape])
+            size += arr.size * dt.itemsize
+    return specs, size
+
+
+def _decode(
+    frame: bytes | memoryview, kind: str, *, copy: bool = True
+) -> tuple[dict[str, Any], dict[str, Weights]]:
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(
             f"{kind} frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME_BYTES} bytes"
@@ -223,7 +263,7 @@ def _decode(frame: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Weights]
     if hlen > MAX_HEADER_BYTES or 8 + hlen > len(frame):
         raise ProtocolError(f"{kind} frame header length {hlen} does not fit the frame")
     try:
-        header = json.loads(frame[8 : 8 + hlen].decode())
+        header = json.loads(bytes(frame[8 : 8 + hlen]).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"{kind} frame header is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or header.get("kind") != kind:
@@ -234,14 +274,16 @@ def _decode(frame: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Weights]
     offset = 8 + hlen
     groups: dict[str, Weights] = {}
     for spec in specs:
-        arr, offset = _read_array(frame, offset, spec, kind)
+        arr, offset = _read_array(frame, offset, spec, kind, copy)
         groups.setdefault(str(spec[0]), []).append(arr)
     if offset != len(frame):
         raise ProtocolError(f"{kind} frame has {len(frame) - offset} trailing bytes")
     return header, groups
 
 
-def _read_array(frame: bytes, offset: int, spec: Any, kind: str) -> tuple[NDArray[Any], int]:
+def _read_array(
+    frame: bytes | memoryview, offset: int, spec: Any, kind: str, copy: bool = True
+) -> tuple[NDArray[Any], int]:
     try:
         _group, _index, dtype_str, shape = spec
         if dtype_str not in _ALLOWED_DTYPES:
@@ -252,7 +294,7 @@ def _read_array(frame: bytes, offset: int, spec: Any, kind: str) -> tuple[NDArra
         dtype = np.dtype(dtype_str)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"{kind} frame has a malformed array spec {spec!r}: {exc}") from None
-    count = int(np.prod(shape_t, dtype=np.int64)) if shape_t else 1
+    count = math.prod(shape_t)  # exact Python ints (1 for a scalar's empty shape)
     size = count * dtype.itemsize
     if size < 0 or offset + size > len(frame):
         raise ProtocolError(
@@ -260,4 +302,4 @@ def _read_array(frame: bytes, offset: int, spec: Any, kind: str) -> tuple[NDArra
             f" {len(frame) - offset} remain"
         )
     arr = np.frombuffer(frame, dtype=dtype, count=count, offset=offset).reshape(shape_t)
-    return arr.copy(), offset + size
+    return (arr.copy() if copy else arr), offset + size

@@ -22,10 +22,17 @@ from typing import Any
 import numpy as np
 
 from phalanx.core.aggregation import ServerAlgorithm
-from phalanx.core.errors import ConfigError, ProtocolError, RoundError, SchemaMismatchError
+from phalanx.core.errors import (
+    AggregationError,
+    ConfigError,
+    ProtocolError,
+    RoundError,
+    SchemaMismatchError,
+)
 from phalanx.core.features.schema import FeatureSchema
 from phalanx.core.features.stats import FeatureStats, vector_length
 from phalanx.core.features.transform import FeatureTransform
+from phalanx.core.fit_stream import FitStream, SumPlan
 from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.plan import FederationPlan, StageRequest, participant_seed
 from phalanx.core.records import RoundRecord, record_from_dict, record_to_dict, weighted_metrics
@@ -90,6 +97,8 @@ class Federation:
         self._rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 0x5A3]))
         self._pending: StageRequest | None = None
         self._fit_record: RoundRecord | None = None
+        # a plain FIT stage of a streamable (FedAvg-family) algorithm folds replies as they come
+        self._stream: FitStream | None = None
         # the transform's JSON form, built once per transform (every task carries it)
         self._transform_dict: tuple[FeatureTransform | None, dict[str, Any]] = (None, {})
         if transform is not None:
@@ -138,6 +147,7 @@ class Federation:
         self.history = [record_from_dict(d) for d in meta.get("history", [])]
         self._pending = None
         self._fit_record = None
+        self._stream = None
         if self._secure is not None:
             self._secure.abort()
 
@@ -195,6 +205,10 @@ class Federation:
             if self._secure is not None:
                 self._secure.start(r, "fit", tasks, fit_length(self.weights))
                 req = self._secure_request()
+            elif tasks and getattr(self.algorithm, "streamable", False) is True:
+                self._stream = FitStream(
+                    self.weights, sorted(tasks), lambda p, reply: self._check(p, reply, req)
+                )
         else:
             return None
         if not req.tasks:
@@ -216,10 +230,20 @@ class Federation:
             raise ProtocolError("replies arrived but no stage is pending")
         valid: dict[ParticipantId, Reply] = {}
         refused: dict[ParticipantId, str] = {}
+        stream = self._stream if req.stage is Stage.FIT else None
         for pid, reply in sorted(replies.items()):
+            verdict = stream.verdict(pid, reply) if stream is not None else None
+            if verdict is not None:  # judged by absorb() when it arrived: "" is folded
+                if verdict:
+                    refused[pid] = verdict
+                else:
+                    valid[pid] = reply
+                continue
             try:
                 self._check(pid, reply, req)
-            except (ProtocolError, SchemaMismatchError) as exc:
+                if stream is not None and not reply.refused:
+                    stream.take(pid, reply)
+            except (ProtocolError, SchemaMismatchError, AggregationError) as exc:
                 # One bad reply costs that participant the round, never the federation.
                 refused[pid] = f"rejected: {exc}"
                 continue
@@ -227,14 +251,17 @@ class Federation:
                 refused[pid] = reply.refused
             else:
                 valid[pid] = reply
-        if len(valid) < req.min_replies:
+        lost = sorted(stream.absorbed - set(valid)) if stream is not None else []
+        if len(valid) < req.min_replies or lost:
             self._pending = None
+            self._stream = None
             if self._secure is not None:
                 self._secure.abort()
             raise RoundError(
                 f"round {req.round} {req.stage.value}: {len(valid)} usable replies of"
                 f" {len(req.tasks)} asked, at least {req.min_replies} needed"
-                + (f"; refused: {refused}" if refused else ""),
+                + (f"; refused: {refused}" if refused else "")
+                + (f"; folded on arrival but missing from the result: {lost}" if lost else ""),
                 hint="the round will be retried with the participants available then",
             )
         self._pending = None
@@ -246,6 +273,21 @@ class Federation:
         if req.stage is Stage.FIT:
             return self._finish_fit(req, valid, refused)
         return self._finish_eval(valid)
+
+    @property
+    def streaming(self) -> bool:
+        """True while the pending stage folds replies as they arrive (:mod:`.fit_stream`)."""
+        return self._stream is not None and self._pending is not None
+
+    def absorb(self, pid: ParticipantId, reply: Reply | None) -> Reply | None:
+        """A transport's ``on_reply``: check and fold a streamed ``FIT`` reply on arrival and
+        return it without arrays (``complete_stage`` must get that very object); any other
+        reply comes back unchanged. ``None`` says ``pid`` will not answer."""
+        return reply if not self.streaming or not self._stream else self._stream.absorb(pid, reply)
+
+    def sum_plan(self) -> SumPlan | None:
+        """Groups a transport may pre-sum in a streamed stage; ``None`` when not streaming."""
+        return self._stream.plan() if self.streaming and self._stream else None
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -276,6 +318,7 @@ class Federation:
                 Update(
                     participant=pid,
                     round=reply.round,
+                    # empty when the reply was folded into the streamed aggregate
                     weights=[np.asarray(a, dtype=np.float32) for a in reply.arrays],
                     num_examples=reply.num_examples,
                     schema_hash=reply.schema_hash,
@@ -296,7 +339,13 @@ class Federation:
         train_metrics: dict[str, float],
         refused: dict[ParticipantId, str],
     ) -> RoundRecord | None:
-        self.weights = self.algorithm.aggregate(self.weights, updates)
+        stream = self._stream if req.stage is Stage.FIT else None
+        self._stream = None
+        streamed = getattr(self.algorithm, "aggregate_streamed", None)
+        if stream is not None and callable(streamed):
+            self.weights = streamed(self.weights, stream.mean)
+        else:
+            self.weights = self.algorithm.aggregate(self.weights, updates)
         self.round = req.round
         report = getattr(self.algorithm, "report", None)
         suspicion = dict(report()) if callable(report) else {}

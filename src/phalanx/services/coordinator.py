@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from phalanx.core.errors import RoundError, SecAggError
 from phalanx.core.messages import Stage
 from phalanx.core.rounds import Federation, RoundRecord, StageRequest
-from phalanx.ports import Transport
+from phalanx.ports import StreamingTransport, Transport
 
 log = logging.getLogger("phalanx.coordinator")
 
@@ -98,7 +98,20 @@ class Coordinator:
                 self.on_stage(req)
             down0, up0 = self.transport.bytes_down, self.transport.bytes_up
             t0 = time.perf_counter()
-            replies = self.transport.exchange(req.tasks, deadline_s=self.deadline_s)
+            transport = self.transport
+            if (
+                fed.streaming
+                and isinstance(transport, StreamingTransport)
+                and transport.streams_replies is True
+            ):
+                replies = transport.exchange(
+                    req.tasks,
+                    deadline_s=self.deadline_s,
+                    on_reply=fed.absorb,
+                    sums=fed.sum_plan(),
+                )
+            else:
+                replies = transport.exchange(req.tasks, deadline_s=self.deadline_s)
             try:
                 record = fed.complete_stage(replies)
             except (RoundError, SecAggError) as exc:

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phalanx.core.aggregation.base import check_compatible, to_float32, uniform_sum, weighted_mean
+from phalanx.core.aggregation.streaming import StreamedMean, StreamingMean
 from phalanx.core.aggregation.suspicion import (
     Report,
     flatten_deltas,
@@ -56,15 +57,36 @@ class _Algorithm:
     _last_round: (
         tuple[list[ParticipantId], NDArray[np.float64], NDArray[np.float64], int] | None
     ) = None
+    streamable: bool = False
+    """True when :meth:`aggregate` needs only the updates' sample-weighted mean, so it may be
+    folded reply by reply (:mod:`~phalanx.core.aggregation.streaming`)."""
+    _streamed: StreamedMean | None = None
+    _last_report: Report | None = None
+
+    def aggregate_streamed(self, global_weights: Weights, stream: StreamingMean) -> Weights:
+        """:meth:`aggregate` from a streamed mean: the same step and suspicion report, up to
+        float rounding. Raises :class:`AggregationError` unless :attr:`streamable`."""
+        if not self.streamable:
+            raise AggregationError(
+                f"{self.name or type(self).__name__} needs the individual updates; it cannot"
+                " aggregate a streamed mean",
+                hint="give it the updates through aggregate()",
+            )
+        self._streamed = stream.finish()
+        try:
+            return self.aggregate(global_weights, [])
+        finally:
+            self._streamed = None
 
     def report(self) -> Report:
         """Suspicion scores of the last round's updates against the aggregate this algorithm
         chose (see :mod:`phalanx.core.aggregation.suspicion`); empty before the first round.
         """
-        if self._last_round is None:
-            return {}
-        names, deltas, centre, stride = self._last_round
-        return score_sketch(names, deltas, centre, stride)
+        if self._last_round is not None:  # scored once; the sketch (up to 32 MB) is dropped
+            names, deltas, centre, stride = self._last_round
+            self._last_report = score_sketch(names, deltas, centre, stride)
+            self._last_round = None
+        return {p: dict(scores) for p, scores in (self._last_report or {}).items()}
 
     def task_config(self) -> dict[str, float]:
         return {}
@@ -82,6 +104,13 @@ class _Algorithm:
         raise NotImplementedError
 
     def _mean(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
+        if self._streamed is not None:  # inside aggregate_streamed: the mean is already known
+            got = self._streamed
+            mean = list(got.mean)
+            centre = flatten_deltas(global_weights, [mean], stride=got.stride)[0]
+            self._last_round = (list(got.participants), got.deltas, centre, got.stride)
+            self._last_report = None
+            return mean
         names = [str(u.participant) for u in updates]
         lists = [u.weights for u in updates]
         check_compatible(lists, names, reference=global_weights)
@@ -99,6 +128,7 @@ class _Algorithm:
         centre = flatten_deltas(global_weights, [result], stride=stride)[0]
         names = [ParticipantId(u.participant) for u in updates]
         self._last_round = (names, deltas, centre, stride)
+        self._last_report = None
 
     def _check_state_keys(self, state: Mapping[str, Weights], expected: set[str]) -> None:
         if set(state) != expected:
@@ -120,6 +150,7 @@ class FedAvg(_Algorithm):
     """
 
     name = "fedavg"
+    streamable = True
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
         """Return ``sum_k n_k w_k / sum_k n_k`` (the global weights only fix the layout)."""
@@ -165,6 +196,7 @@ class FedAvgM(_Algorithm):
     """
 
     name = "fedavgm"
+    streamable = True
 
     def __init__(self, server_lr: float = 1.0, server_momentum: float = 0.9) -> None:
         self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
@@ -216,6 +248,8 @@ class _Adaptive(_Algorithm):
 
     ``m`` starts at 0 and ``v`` at ``tau**2`` as in the paper.
     """
+
+    streamable = True
 
     def __init__(
         self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
