@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from phalanx.core.errors import ConfigError
@@ -127,12 +128,16 @@ class FeatureSchema:
         """Numeric then categorical feature names: what a model sees, before encoding."""
         return self.numeric + self.categorical
 
+    @cached_property
+    def _by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
+
     def column(self, name: str) -> Column:
         """The column called ``name``."""
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise ConfigError(f"schema {self.source!r} has no column {name!r}")
+        found = self._by_name.get(name)
+        if found is None:
+            raise ConfigError(f"schema {self.source!r} has no column {name!r}")
+        return found
 
     def with_kinds(self, changes: dict[str, ColumnKind]) -> FeatureSchema:
         """A copy with some columns' kinds overridden (e.g. to keep an identifier as a feature).
@@ -182,6 +187,10 @@ class FeatureSchema:
         )
 
     def hash(self) -> str:
-        """sha256 hex digest of the canonical JSON form."""
+        """sha256 hex digest of the canonical JSON form (computed once: the schema is frozen)."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
