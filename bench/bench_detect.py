@@ -14,7 +14,8 @@ Rows of the table (medians over ``repeat`` runs):
   --threads 2`` does) and 2 torch intra-op threads; then the feature transform and its compact
   form alone.
 * ``csv -> alerts``: the loop of ``phalanx detect`` itself (:func:`phalanx.cli.detect.detect_files`:
-  read, transform, score, explain every alert, write ECS JSON lines to a file) over a NetFlow v2
+  read, transform, score, explain every alert, correlate them as ``phalanx detect`` does by
+  default, write ECS JSON lines to a file) over a NetFlow v2
   CSV of synthetic traffic (the generator's attack mix: about 20 % of flows alert) and over the
   real NF-BoT-IoT-v2 file (about 80 % of flows alert), with 1 and 2 threads.
 * ``pcap -> alerts``: the same loop over every capture in ``pcaps/`` (nfstream metering included),
@@ -47,6 +48,7 @@ from phalanx.data.schemas import NETFLOW_V2
 from phalanx.data.synthetic import format_ipv4, generate_federation
 from phalanx.models import MLPClassifier
 from phalanx.models.compact import compact_features
+from phalanx.services.correlation import AlertCorrelator
 from phalanx.services.detection import Detector
 from phalanx.services.participant import category_indices
 
@@ -107,10 +109,22 @@ def _progress(row: tuple[str, str, str, str]) -> None:
 
 
 def _detector(
-    model: MLPClassifier, transform: FeatureTransform, threshold: float, threads: int
+    model: MLPClassifier,
+    transform: FeatureTransform,
+    threshold: float,
+    threads: int,
+    correlate: bool = False,
 ) -> Detector:
+    """A detector as ``phalanx detect`` builds it (with alert correlation for end-to-end runs,
+    its default)."""
     return Detector(
-        model, transform, threshold=threshold, model_id="bench", model_version="1", threads=threads
+        model,
+        transform,
+        threshold=threshold,
+        model_id="bench",
+        model_version="1",
+        threads=threads,
+        correlator=AlertCorrelator() if correlate else None,
     )
 
 
@@ -182,11 +196,11 @@ def main() -> None:
             inputs.append(("csv -> alerts, NF-BoT-IoT-v2", [nf]))
         for threads in (1, 2):
             for name, paths in inputs:
-                make = functools.partial(_detector, model, transform, threshold, threads)
+                make = functools.partial(_detector, model, transform, threshold, threads, True)
                 add(_end_to_end(f"{name}, {threads} thread(s)", make, paths, out, args.repeat))
         pcaps = sorted((root / "pcaps").glob("*/*.pcap*"))
         if pcaps:
-            make = functools.partial(_detector, model, transform, threshold, 2)
+            make = functools.partial(_detector, model, transform, threshold, 2, True)
             label = f"pcap -> alerts, {len(pcaps)} captures, 2 threads"
             add(_end_to_end(label, make, pcaps, out, max(1, args.repeat // 2)))
     _table(rows)
