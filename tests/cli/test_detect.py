@@ -341,6 +341,19 @@ def test_hybrid_model_alerts_explains_and_calibrates(tmp_path: Path) -> None:
     assert "anomaly part calibrated at FPR 0.05" in res.output
     res = runner.invoke(app, ["export", "-m", str(run), "--onnx", str(tmp_path / "h.onnx")])
     assert res.exit_code == 2 and "hybrid" in res.output
+    # As a coordinator publishes it: no anomaly threshold. Refused unless the member calibrates.
+    meta_path = run / "model" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fitted"]["autoencoder"]["threshold_"]
+    meta_path.write_text(json.dumps(meta))
+    res = runner.invoke(app, base)
+    assert (
+        res.exit_code == 2
+        and "no anomaly threshold" in res.output
+        and "--calibrate-on" in res.output
+    )
+    res = runner.invoke(app, [*base, "--fpr", "0.05", "--calibrate-on", str(benign)])
+    assert res.exit_code == 0, res.output
 
 
 # --- must show: real captures and logs, a model trained on synthetic traffic --------------------

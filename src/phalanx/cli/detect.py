@@ -263,6 +263,17 @@ def detect(
             console.print(f"[yellow]skipped[/] {f}: not a flow file in a known format")
         roots = trust_root(trust, crl)
         with open_model(model, roots, allow_unsigned=allow_unsigned) as loaded:
+            hybrid = loaded.model
+            if (
+                isinstance(hybrid, HybridDetector)
+                and not hybrid.is_calibrated()
+                and calibrate_on is None
+            ):
+                raise ConfigError(
+                    f"{loaded.folder}: this hybrid model has no anomaly threshold (a"
+                    " coordinator publishes none: it holds no benign traffic)",
+                    hint="pass --fpr 0.01 --calibrate-on FILE_OR_FOLDER of your own benign flows",
+                )
             if calibrate_on is None:
                 value, source = choose_threshold(loaded.thresholds, fpr=fpr, threshold=threshold)
             elif fpr is None or threshold is not None:
