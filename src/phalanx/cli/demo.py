@@ -34,6 +34,8 @@ from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.data.synthetic import PROFILES, generate
 from phalanx.models.bundle import load_model, pack_bundle, unpack_bundle
 from phalanx.models.mlp import MLPClassifier
+from phalanx.services.correlation import AlertCorrelator
+from phalanx.services.detection import Detector
 from phalanx.sim.baselines import centralized_baseline, local_only_baseline
 from phalanx.sim.config import SimConfig
 from phalanx.sim.data import SimData, parts_category_matrix, stratified_split
@@ -327,10 +329,20 @@ def _score_fresh_day(
         [_org_data(org, flows // 2, seed + 5000 + i) for i, org in enumerate(orgs)]
     )
     threshold = thresholds.get("fpr=0.01", 0.5)
-    x = transform.transform(day)
-    score_ = model.attack_score(x)
-    alert = score_ >= threshold
-    predicted = np.asarray(CATEGORIES)[model.predict_proba(x).argmax(axis=1)]
+    # Scored as `phalanx detect` scores it: the same detector and alert correlation.
+    with Detector(
+        model,
+        transform,
+        threshold=threshold,
+        model_id="demo",
+        model_version="demo",
+        correlator=AlertCorrelator(),
+    ) as detector:
+        alerts = detector.detect(day)
+    alert = np.zeros(len(day), dtype=bool)
+    alert[alerts.rows] = True
+    predicted = np.full(len(day), BENIGN, dtype=object)
+    predicted[alerts.rows] = alerts.category
     truth = day.category
     table = Table(title=f"a fresh day of traffic: {len(day):,} flows, alert threshold at 1% FPR")
     for col in ("category", "flows", "alerted", "caught", "named right"):
