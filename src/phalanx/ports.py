@@ -50,6 +50,39 @@ class Transport(Protocol):
         ...
 
 
+class ForwardingTransport:
+    """A :class:`Transport` that hands every call to ``inner``: the base of transport wrappers
+    (quarantine, simulated attackers), which override only what they change. It does not stream
+    replies (:class:`StreamingTransport`), so a wrapper always sees the plain protocol."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def available(self) -> list[ParticipantId]:
+        """As the inner transport."""
+        return self.inner.available()
+
+    def exchange(
+        self, tasks: Mapping[ParticipantId, Task], *, deadline_s: float | None = None
+    ) -> dict[ParticipantId, Reply]:
+        """As the inner transport."""
+        return self.inner.exchange(tasks, deadline_s=deadline_s)
+
+    @property
+    def bytes_down(self) -> int:
+        """As the inner transport."""
+        return self.inner.bytes_down
+
+    @property
+    def bytes_up(self) -> int:
+        """As the inner transport."""
+        return self.inner.bytes_up
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.inner.close()
+
+
 OnReply = Callable[[ParticipantId, Reply | None], Reply | None]
 
 

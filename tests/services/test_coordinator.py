@@ -19,7 +19,7 @@ from phalanx.core.messages import Reply, Task
 from phalanx.core.rounds import Federation, FederationPlan
 from phalanx.core.types import ParticipantId
 from phalanx.data.synthetic import generate_federation
-from phalanx.ports import StreamingTransport, Transport
+from phalanx.ports import ForwardingTransport, StreamingTransport, Transport
 from phalanx.services.coordinator import Coordinator
 
 PIDS = [ParticipantId(f"org-{i:02d}") for i in range(30)]
@@ -58,30 +58,8 @@ def handlers() -> dict[ParticipantId, object]:
     return {p: bind(p) for p in PIDS}
 
 
-class Batched:
+class Batched(ForwardingTransport):
     """A transport wrapper that hides the streaming capability (the batch path)."""
-
-    def __init__(self, inner: InProcessTransport) -> None:
-        self.inner = inner
-
-    def available(self) -> list[ParticipantId]:
-        return self.inner.available()
-
-    def exchange(
-        self, tasks: Mapping[ParticipantId, Task], *, deadline_s: float | None = None
-    ) -> dict[ParticipantId, Reply]:
-        return self.inner.exchange(tasks, deadline_s=deadline_s)
-
-    @property
-    def bytes_down(self) -> int:
-        return self.inner.bytes_down
-
-    @property
-    def bytes_up(self) -> int:
-        return self.inner.bytes_up
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def run(transport: Transport, algorithm: str = "fedavgm") -> tuple[Federation, int, int]:

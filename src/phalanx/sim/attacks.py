@@ -54,7 +54,7 @@ from phalanx.core.features.batch import FlowBatch
 from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.core.types import ParticipantId
-from phalanx.ports import Transport
+from phalanx.ports import ForwardingTransport, Transport
 
 ATTACKS = ("none", "label-flip", "sign-flip", "noise", "alie", "ipm", "backdoor", "scaling")
 """Attack kinds for ``--attack``."""
@@ -273,7 +273,7 @@ class AttackMiddleware:
         return dataclasses.replace(reply, arrays=arrays)
 
 
-class AdversarialTransport:
+class AdversarialTransport(ForwardingTransport):
     """A transport whose colluding attackers rewrite their ``FIT`` replies after seeing the
     round's honest ones (A Little Is Enough, inner-product manipulation).
 
@@ -288,13 +288,9 @@ class AdversarialTransport:
     """
 
     def __init__(self, inner: Transport, plan: AttackPlan, participants: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan
         self.participants = participants
-
-    def available(self) -> list[ParticipantId]:
-        """As the inner transport."""
-        return self.inner.available()
 
     def exchange(
         self, tasks: Mapping[ParticipantId, Task], *, deadline_s: float | None = None
@@ -330,17 +326,3 @@ class AdversarialTransport:
         for p in bad:
             out[p] = dataclasses.replace(replies[p], arrays=[a.copy() for a in arrays])
         return out
-
-    @property
-    def bytes_down(self) -> int:
-        """As the inner transport."""
-        return self.inner.bytes_down
-
-    @property
-    def bytes_up(self) -> int:
-        """As the inner transport (a poisoned reply has the size of the honest one)."""
-        return self.inner.bytes_up
-
-    def close(self) -> None:
-        """Close the inner transport."""
-        self.inner.close()
