@@ -356,11 +356,5 @@ def export(
             "phalanx.transform": loaded.transform.to_dict(),
             "phalanx.signature": loaded.signature.to_dict(),
         }
-        if isinstance(loaded.model, HybridDetector):
-            raise ConfigError(
-                f"{loaded.folder}: ONNX export of a hybrid model is not supported",
-                hint="export the classifier alone from an `--model mlp` run, or score with"
-                " `phalanx detect`",
-            )
         path = export_onnx(loaded.model, onnx, meta)
     console.print(f"wrote {path} (input 'features', {loaded.model.n_features} columns)")

@@ -28,6 +28,7 @@ from phalanx.core.errors import ModelError
 from phalanx.core.features.schema import FeatureSchema
 from phalanx.models.autoencoder import AutoencoderDetector
 from phalanx.models.base import FeedForward
+from phalanx.models.hybrid import HybridDetector
 from phalanx.models.mlp import MLPClassifier
 
 Model = MLPClassifier | AutoencoderDetector
@@ -42,8 +43,14 @@ class ScoringNet(nn.Module):
         A fitted (or loaded) detector; its network is shared, not copied.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model | HybridDetector) -> None:
         super().__init__()
+        if isinstance(model, HybridDetector):  # two networks and an OR: no single graph
+            raise ModelError(
+                "a hybrid model has no single scoring graph (ONNX export is not supported)",
+                hint="export the classifier from an `--model mlp` run, or score with"
+                " `phalanx detect`",
+            )
         net = getattr(model, "net_", None)
         if not isinstance(net, FeedForward):
             raise ModelError(f"{type(model).__name__} has no network yet", hint="fit or load it")

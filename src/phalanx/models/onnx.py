@@ -23,25 +23,28 @@ import torch
 
 from phalanx.core.errors import ModelError
 from phalanx.models.explain import Model, ScoringNet
+from phalanx.models.hybrid import HybridDetector
 
 OPSET = 18
 INPUT = "features"
 
 
-def output_names(model: Model) -> list[str]:
+def output_names(scorer: ScoringNet) -> list[str]:
     """``["score", "proba"]`` for the classifier, ``["score"]`` for the autoencoder."""
-    return ["score", "proba"] if ScoringNet(model).classifier else ["score"]
+    return ["score", "proba"] if scorer.classifier else ["score"]
 
 
 def export_onnx(
-    model: Model, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+    model: Model | HybridDetector,
+    path: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write the scoring graph of ``model`` to ``path`` (an ``.onnx`` file); return the path.
 
     Raises
     ------
     ModelError
-        When the model has no network or torch cannot export it.
+        When the model has no network (or two: a hybrid) or torch cannot export it.
     """
     import onnx
 
@@ -62,7 +65,7 @@ def export_onnx(
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=[INPUT],
-                output_names=output_names(model),
+                output_names=output_names(scorer),
                 dynamic_shapes=({0: batch},),
                 verbose=False,
             )
