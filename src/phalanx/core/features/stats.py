@@ -33,18 +33,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phalanx.core.errors import ConfigError, SchemaMismatchError
-from phalanx.core.features.batch import FlowBatch
+from phalanx.core.features.batch import FlowBatch, NumericMatrix
 from phalanx.core.features.hashing import hash_buckets
 from phalanx.core.features.schema import FeatureSchema
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 _CHUNK = 1 << 16
+"""Rows per chunk of :func:`compute_stats`. It fixes the order of the float64 sums, so changing it
+changes the statistics (and every model trained after them) in the last bits: keep it."""
 
 
-def signed_log1p(x: F64) -> F64:
-    """``sign(x) * log1p(|x|)``: a log that keeps the sign and maps 0 to 0 (NaN stays NaN)."""
-    return np.sign(x) * np.log1p(np.abs(x))
+def signed_log1p(x: NDArray[np.floating]) -> F64:
+    """``sign(x) * log1p(|x|)``: a log that keeps the sign and maps 0 to 0 (NaN stays NaN).
+
+    Computed in float64 whatever the input's floating dtype.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    return np.sign(x64) * np.log1p(np.abs(x64))
 
 
 def heavy_mask(schema: FeatureSchema) -> NDArray[np.bool_]:
@@ -52,12 +58,18 @@ def heavy_mask(schema: FeatureSchema) -> NDArray[np.bool_]:
     return np.array([schema.column(n).heavy_tailed for n in schema.numeric], dtype=bool)
 
 
-def prescale(numeric: F64, heavy: NDArray[np.bool_]) -> F64:
-    """The numeric matrix with the signed log applied to the heavy-tailed columns (a copy)."""
-    x = np.asarray(numeric, dtype=np.float64)
-    if not heavy.any():
-        return np.array(x, copy=True)
-    return np.where(heavy, signed_log1p(x), x)
+def prescale(numeric: NumericMatrix, heavy: NDArray[np.bool_]) -> F64:
+    """A float64 copy of the numeric matrix, signed log applied to the heavy-tailed columns.
+
+    A float32 matrix is widened to float64 (exactly) in the same copy, so statistics and the
+    transform are computed in float64 whatever the batch's dtype; only the heavy-tailed columns
+    go through the log, so the temporaries are as wide as they are.
+    """
+    x = np.array(numeric, dtype=np.float64)  # always a fresh copy: callers write into it
+    if heavy.any():
+        cols = np.flatnonzero(heavy)
+        x[:, cols] = signed_log1p(x[:, cols])
+    return x
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +245,10 @@ def empty_stats(schema: FeatureSchema) -> FeatureStats:
 
 
 def compute_stats(batch: FlowBatch) -> FeatureStats:
-    """Statistics of one batch of flows (numeric columns processed in chunks of 65 536 rows)."""
+    """Statistics of one batch of flows (numeric columns processed in chunks of 65,536 rows).
+
+    The sums are accumulated in float64 whether the batch's numeric matrix is float64 or float32.
+    """
     schema = batch.schema
     k = len(schema.numeric)
     n = len(batch)
