@@ -13,7 +13,7 @@ from phalanx.core.aggregation import (
     Scaffold,
     make_algorithm,
 )
-from phalanx.core.errors import AggregationError
+from phalanx.core.errors import AggregationError, ConfigError
 from phalanx.core.types import ParticipantId, Update, Weights
 
 
@@ -141,3 +141,37 @@ def test_scaffold_errors() -> None:
 def test_updates_must_match_the_global_layout() -> None:
     with pytest.raises(AggregationError, match="a: layer 0 has shape"):
         FedAvgM().aggregate(w(0.0), [update(w(1.0, 2.0), 1, "a")])
+
+
+@pytest.mark.parametrize("cls", [FedAdam, FedYogi])
+def test_adaptive_layers_limits_the_adaptive_step_to_the_leading_layers(
+    cls: type[FedAdam], rng: np.random.Generator
+) -> None:
+    """With adaptive_layers = 1, layer 0 follows the full algorithm and layer 1 the FedAvg mean,
+    round after round (the moments of the plain layer are kept but not used)."""
+    g = [rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(4).astype(np.float32)]
+    split, full = cls(adaptive_layers=1), cls()
+    g_split, g_full = g, g
+    for _ in range(3):
+        noise = [rng.standard_normal(x.shape).astype(np.float32) for x in g]
+        ups_split = [update([x + k * d for x, d in zip(g_split, noise, strict=True)], 2 + k,
+                            f"p{k}") for k in range(3)]  # fmt: skip
+        ups_full = [update([x + k * d for x, d in zip(g_full, noise, strict=True)], 2 + k,
+                           f"p{k}") for k in range(3)]  # fmt: skip
+        out = split.aggregate(g_split, ups_split)
+        mean = FedAvg().aggregate(g_split, ups_split)
+        np.testing.assert_allclose(out[1], mean[1], rtol=1e-6, atol=1e-6)
+        g_full = full.aggregate(g_full, ups_full)
+        np.testing.assert_allclose(out[0], g_full[0], rtol=1e-6, atol=1e-6)
+        assert not np.allclose(g_full[1], mean[1])  # the full algorithm is not the mean there
+        g_split = out
+
+
+def test_adaptive_layers_is_validated() -> None:
+    with pytest.raises(ConfigError, match="whole number"):
+        FedAdam(adaptive_layers=1.5)
+    with pytest.raises(ConfigError, match="adaptive_layers must be in"):
+        FedAdam(adaptive_layers=-1)
+    with pytest.raises(AggregationError, match="the model has 1 layers"):
+        FedAdam(adaptive_layers=2).aggregate(w(0.0), [update(w(1.0), 1)])
+    assert make_algorithm("fedadam", adaptive_layers=3.0).adaptive_layers == 3  # type: ignore[attr-defined]

@@ -104,6 +104,8 @@ def test_task_errors(rng: np.random.Generator) -> None:
         local_train(model().set_weights(g), X, y, {"proximal_mu": -1.0}, {})
     with pytest.raises(ConfigError, match="local_epochs"):
         local_train(model().set_weights(g), X, y, {"local_epochs": 1.5}, {})
+    with pytest.raises(ConfigError, match="restricted_softmax"):
+        local_train(model().set_weights(g), X, y, {"restricted_softmax": 2.0}, {})
     with pytest.raises(ModelError, match="no weights yet"):
         local_train(model(), X, y, {}, {})
     with pytest.raises(ModelError, match="needs labels"):
@@ -201,3 +203,17 @@ def test_reseeded_model_trains_exactly_like_a_fresh_one() -> None:
     b = local_train(reused, x, y, {"local_epochs": 2}, {})[0]
     for wa, wb in zip(a, b, strict=True):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_restricted_softmax_task_key_reaches_local_training(rng: np.random.Generator) -> None:
+    """``restricted_softmax: 0`` in the task config: a participant without class 2 sends class
+    2's output row back unchanged (FedRS); without the key that row moves."""
+    X, y = blobs(rng, 300)
+    keep = y != 2
+    g = model(seed=5).initialize().get_weights()
+    rows = {}
+    for cfg in ({}, {"restricted_softmax": 0.0}):
+        weights, _, _, _ = local_train(model().set_weights(g), X[keep], y[keep], cfg, {})
+        rows[len(cfg)] = weights[-2][2]
+    assert np.array_equal(rows[1], g[-2][2])
+    assert not np.array_equal(rows[0], g[-2][2])

@@ -236,3 +236,52 @@ def test_reseed_trains_like_a_fresh_model(rng: np.random.Generator) -> None:
     reused.partial_fit(x, y, epochs=1)
     for a, b in zip(fresh.get_weights(), reused.get_weights(), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_ae_epochs_multiplies_the_autoencoder_passes_only(rng: np.random.Generator) -> None:
+    x, y = labelled(rng, 200)
+    h = hybrid(seed=3, epochs=2, ae_epochs=3).fit(x, y)
+    mlp = MLPClassifier(D, hidden=(16,), epochs=2, lr=3e-3, seed=3).fit(x, y)
+    ae = AutoencoderDetector(D, hidden=(16, 4), epochs=6, lr=3e-3, seed=autoencoder_seed(3))
+    ae.fit(x[y == 0])
+    for a, b in zip(h.get_weights(), mlp.get_weights() + ae.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    assert h.get_params()["ae_epochs"] == 3
+    for bad in (0, 1.5, True):
+        with pytest.raises(ModelError, match="ae_epochs"):
+            hybrid(ae_epochs=bad).initialize()
+
+
+def test_server_params_keep_the_adaptive_step_off_the_autoencoder() -> None:
+    """Under FedAdam/FedYogi a hybrid's autoencoder layers are averaged plainly (ADR 0016): the
+    adaptive step covers the classifier's weight and bias arrays only."""
+    from phalanx.models.federated import server_params
+
+    spec = {"kind": "hybrid", "hidden": [16, 8]}
+    h = build_model(spec, D, {"seed": 0})
+    assert isinstance(h, HybridDetector)
+    n_classifier = len(h.classifier_.get_weights())
+    assert server_params(spec, "fedadam", {"server_lr": 0.03}) == {
+        "server_lr": 0.03,
+        "adaptive_layers": float(n_classifier),
+    }
+    assert server_params(spec, "fedyogi", {})["adaptive_layers"] == n_classifier
+    assert server_params(spec, "fedavg", {}) == {}
+    assert server_params({"kind": "mlp"}, "fedadam", {}) == {}
+    assert server_params(spec, "fedadam", {"adaptive_layers": 0.0}) == {"adaptive_layers": 0.0}
+
+
+def test_the_autoencoder_can_keep_its_own_optimizer(rng: np.random.Generator) -> None:
+    """A classifier trained with SGD (momentum) beside an autoencoder trained with Adam: each
+    part trains exactly as the standalone model with those settings would."""
+    x, y = labelled(rng, 200)
+    h = hybrid(seed=3, optimizer="sgd", lr=0.05, momentum=0.9, ae_optimizer="adam", ae_lr=3e-3)
+    h.fit(x, y)
+    mlp = MLPClassifier(D, hidden=(16,), epochs=6, lr=0.05, seed=3, optimizer="sgd", momentum=0.9)
+    ae = AutoencoderDetector(D, hidden=(16, 4), epochs=6, lr=3e-3, seed=autoencoder_seed(3))
+    mlp.fit(x, y)
+    ae.fit(x[y == 0])
+    for a, b in zip(h.get_weights(), mlp.get_weights() + ae.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ModelError, match="autoencoder part"):
+        hybrid(ae_optimizer="rmsprop").initialize()

@@ -228,3 +228,69 @@ def test_label_smoothing_softens_confidence(rng: np.random.Generator) -> None:
 def test_new_loss_parameters_are_validated(kw: dict[str, float], match: str) -> None:
     with pytest.raises(ModelError, match=match):
         small(**kw).initialize()
+
+
+def test_restricted_softmax_leaves_absent_class_rows_alone_at_alpha_zero(
+    rng: np.random.Generator,
+) -> None:
+    """FedRS with alpha 0: the output row and bias of a class absent from the call's labels
+    take no gradient, so Adam leaves them exactly as they were; present classes' rows move."""
+    X, y = blobs(rng, n=900, k=3)
+    kw = {"n_classes": 3, "dropout": 0.0}
+    start = small(**kw).fit(X, y)
+    local = y != 2
+    m = small(**kw).set_weights(start.get_weights())
+    m.partial_fit(X[local], y[local], absent_scale=0.0)
+    w0, w1 = start.get_weights(), m.get_weights()
+    out_w, out_b = len(w0) - 2, len(w0) - 1
+    assert np.array_equal(w0[out_w][2], w1[out_w][2])
+    assert w0[out_b][2] == w1[out_b][2]
+    assert not np.array_equal(w0[out_w][:2], w1[out_w][:2])
+
+
+def test_restricted_softmax_moves_an_absent_class_row_less(rng: np.random.Generator) -> None:
+    """The absent class's output row moves less under alpha 0.5 than under the plain softmax
+    (SGD, so step sizes follow the gradient: the row's gradient is scaled by alpha)."""
+    X, y = blobs(rng, n=1500, k=3)
+    kw = {"n_classes": 3, "epochs": 2, "class_weight": None, "dropout": 0.0, "optimizer": "sgd"}
+    start = small(**kw).fit(X, y)
+    local = y != 2
+    moved = {}
+    for alpha in (1.0, 0.5):
+        m = small(**kw).set_weights(start.get_weights())
+        m.partial_fit(X[local], y[local], absent_scale=alpha)
+        moved[alpha] = float(np.linalg.norm(m.get_weights()[-2][2] - start.get_weights()[-2][2]))
+    assert 0.0 < moved[0.5] < moved[1.0]
+
+
+def test_restricted_softmax_is_a_no_op_when_every_class_is_present(
+    rng: np.random.Generator,
+) -> None:
+    X, y = blobs(rng, n=600, k=3)
+    a = small(n_classes=3).fit(X, y)
+    b = small(n_classes=3).initialize()
+    b.partial_fit(X, y, absent_scale=0.3)
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        assert np.array_equal(wa, wb)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_restricted_softmax_alpha_is_validated(rng: np.random.Generator, alpha: float) -> None:
+    X, y = blobs(rng, n=100, k=3)
+    with pytest.raises(ModelError, match="FedRS alpha"):
+        small(n_classes=3).partial_fit(X, y, absent_scale=alpha)
+
+
+def test_restricted_softmax_applies_to_one_call_only(rng: np.random.Generator) -> None:
+    """A cached model serves many participants: alpha must not leak into the next call."""
+    X, y = blobs(rng, n=600, k=3)
+    local = y != 2
+    start = small(n_classes=3).fit(X, y).get_weights()
+    used = small(n_classes=3).set_weights(start)
+    used.partial_fit(X[local], y[local], absent_scale=0.0)
+    used.set_weights(start).reseed(0)
+    used.partial_fit(X[local], y[local])
+    fresh = small(n_classes=3).set_weights(start).reseed(0)
+    fresh.partial_fit(X[local], y[local])
+    for wa, wb in zip(fresh.get_weights(), used.get_weights(), strict=True):
+        assert np.array_equal(wa, wb)

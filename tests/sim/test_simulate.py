@@ -101,3 +101,27 @@ def test_autoencoder_federation_is_scored_as_a_two_class_detector() -> None:
     assert fed["accuracy"] == fed["binary"]["accuracy"]
     assert result.thresholds["default"] > 0.0
     assert {"mean", "min"} <= set(result.summary["local_only"])
+
+
+def test_the_nsl_kdd_recipe_options_reach_the_run(tmp_path: Path) -> None:
+    """SGD with momentum, FedRS and a hybrid whose Adam autoencoder trains ten passes: the CLI
+    options land in config.json, the tasks and the server algorithm."""
+    from phalanx.sim.runner import train_config
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate", "--participants", "3", "--rounds", "2", "--synthetic-flows", "600",
+            "--workers", "1", "--out", str(out), "--model", "hybrid", "--algorithm", "fedadam",
+            "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--ae-optimizer", "adam",
+            "--ae-lr", "0.001", "--ae-epochs", "10", "--restricted-softmax", "0.5",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cfg = SimConfig.model_validate(json.loads((out / "config.json").read_text()))
+    assert (cfg.model.optimizer, cfg.model.lr, cfg.model.momentum) == ("sgd", 0.05, 0.9)
+    assert (cfg.model.ae_optimizer, cfg.model.ae_lr, cfg.model.ae_epochs) == ("adam", 0.001, 10)
+    task = train_config(cfg)
+    assert task["restricted_softmax"] == 0.5 and task["model"]["ae_epochs"] == 10
+    assert "restricted_softmax" not in train_config(_cfg())

@@ -77,6 +77,8 @@ class TrainingSection(_Strict):
     algorithm: str = "fedavg"
     rounds: int = Field(10, ge=1, le=100_000)
     local_epochs: int = Field(1, ge=1, le=1000)
+    restricted_softmax: float = Field(1.0, ge=0.0, le=1.0)
+    """FedRS alpha of the classifier's local training (1: off; models/mlp.py)."""
     seed: int = 0
     params: dict[str, float] = Field(default_factory=dict)
     secure_aggregation: bool = True

@@ -45,7 +45,7 @@ from phalanx.core.taxonomy import CATEGORIES
 from phalanx.core.types import ParticipantId, Weights
 from phalanx.data.schemas import SCHEMAS
 from phalanx.models.bundle import pack_bundle, save_model
-from phalanx.models.federated import build_model
+from phalanx.models.federated import build_model, server_params
 from phalanx.models.hybrid import HybridDetector
 from phalanx.services.coordinator import Coordinator
 from phalanx.services.quarantine import QuarantineTransport
@@ -86,8 +86,9 @@ class CoordinatorHost:
         self.admins = set(cfg.participants.admins)
         train = cfg.training
         self.model_spec = cfg.model.model_dump(mode="json")
+        params = server_params(self.model_spec, train.algorithm, train.params)
         dp_section, algorithm, weight_cap = federation_dp(
-            cfg, make_algorithm(train.algorithm, **train.params)
+            cfg, make_algorithm(train.algorithm, **params)
         )
         plan = FederationPlan(
             rounds=train.rounds,
@@ -98,6 +99,11 @@ class CoordinatorHost:
             train_config={
                 "model": self.model_spec,
                 "local_epochs": train.local_epochs,
+                **(
+                    {"restricted_softmax": train.restricted_softmax}
+                    if train.restricted_softmax != 1.0
+                    else {}
+                ),
                 **dp_section,
             },
             secure_aggregation=train.secure_aggregation,

@@ -38,6 +38,12 @@ def simulate(
     local_epochs: int = typer.Option(1, "--local-epochs"),
     algorithm: str = typer.Option("fedavg", "--algorithm", help="|".join(ALGORITHMS)),
     proximal_mu: float = typer.Option(0.01, "--proximal-mu", help="FedProx proximal term."),
+    restricted_softmax: float = typer.Option(
+        1.0,
+        "--restricted-softmax",
+        help="FedRS alpha in [0, 1]: participants scale the logits of classes they do not hold"
+        " by it in local training, so label skew does not erase rare classes (1: off).",
+    ),
     server_lr: float | None = typer.Option(
         None, "--server-lr", help="FedAvgM/FedAdam/FedYogi/SCAFFOLD server learning rate."
     ),
@@ -65,12 +71,27 @@ def simulate(
         help="hybrid: share of benign validation flows its anomaly part may flag (sets its"
         " threshold).",
     ),
+    ae_epochs: int = typer.Option(
+        1,
+        "--ae-epochs",
+        help="hybrid: passes of its autoencoder over the benign rows per local epoch.",
+    ),
+    ae_optimizer: str | None = typer.Option(
+        None, "--ae-optimizer", help="hybrid: its autoencoder's optimizer (default: --optimizer)."
+    ),
+    ae_lr: float | None = typer.Option(
+        None, "--ae-lr", help="hybrid: its autoencoder's learning rate (default: --lr)."
+    ),
     hidden: str | None = typer.Option(
         None,
         "--hidden",
         help="Hidden layer widths (default 256,128 for mlp, 64,16 for autoencoder).",
     ),
     lr: float = typer.Option(1e-3, "--lr", help="Local learning rate."),
+    optimizer: str = typer.Option(
+        "adam", "--optimizer", help="Local optimizer: adam (a fresh one each round) or sgd."
+    ),
+    momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum (--optimizer sgd)."),
     batch_size: int = typer.Option(256, "--batch-size"),
     synthetic_flows: int = typer.Option(
         20_000, "--synthetic-flows", help="Flows per synthetic organization."
@@ -171,6 +192,7 @@ def simulate(
                 local_epochs=local_epochs,
                 algorithm=algorithm,
                 proximal_mu=proximal_mu,
+                restricted_softmax=restricted_softmax,
                 server_lr=server_lr,
                 server_momentum=server_momentum,
                 fraction=fraction,
@@ -203,9 +225,14 @@ def simulate(
                     kind=model,
                     hidden=_hidden(hidden or ("64,16" if model == "autoencoder" else "256,128")),
                     lr=lr,
+                    optimizer=optimizer,
+                    momentum=momentum,
                     batch_size=batch_size,
                     ae_hidden=_hidden(ae_hidden),
                     anomaly_fpr=anomaly_fpr,
+                    ae_epochs=ae_epochs,
+                    ae_optimizer=ae_optimizer,
+                    ae_lr=ae_lr,
                 ),
             )
         except ValidationError as exc:

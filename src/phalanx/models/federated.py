@@ -10,6 +10,9 @@ config key                meaning
 ``local_epochs``          local passes over the data (default: the model's ``epochs``)
 ``proximal_mu``           FedProx proximal strength (Li et al., MLSys 2020); 0 disables it
 ``scaffold``              non-zero: SCAFFOLD local steps (Karimireddy et al., ICML 2020)
+``restricted_softmax``    FedRS alpha in [0, 1] (Li and Zhan, KDD 2021): the classifier's logits
+                          of locally absent classes are scaled by it in training; 1 (default)
+                          disables it
 ``seed``                  read by :func:`build_model`: seeds initialization, shuffling, dropout
 ``dp``                    ``{mode: record, noise_multiplier, clip, ...}``: record-level DP-SGD
                           (Abadi et al., CCS 2016) in :mod:`phalanx.models.dpsgd`; other modes
@@ -57,11 +60,13 @@ _SPEC_KEYS = {
     # the classifier's keys plus the anomaly part's (models/hybrid.py)
     "hybrid": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
                "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing",
-               "ae_hidden", "anomaly_fpr", "classifier_threshold"},
+               "ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs", "ae_optimizer",
+               "ae_lr"},
 }  # fmt: skip
 _IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes", "logit_adjust",
                            "label_smoothing"}  # fmt: skip
-_IGNORED_BY_NON_HYBRID = {"ae_hidden", "anomaly_fpr", "classifier_threshold"}
+_IGNORED_BY_NON_HYBRID = {"ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs",
+                          "ae_optimizer", "ae_lr"}  # fmt: skip
 
 
 def build_model(
@@ -186,6 +191,12 @@ def local_train(
     mu = float(config.get("proximal_mu", 0.0))
     if not (math.isfinite(mu) and mu >= 0):
         raise ConfigError(f"task config proximal_mu must be >= 0; found {mu}")
+    alpha = float(config.get("restricted_softmax", 1.0))
+    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise ConfigError(
+            f"task config restricted_softmax (FedRS alpha) must be in [0, 1]; found {alpha}",
+            hint="1 turns it off; about 0.5 is the FedRS paper's setting",
+        )
     global_weights = model.get_weights()
     dp = DPTaskSpec.from_config(config)
     if dp is not None and dp.mode == "record":
@@ -216,7 +227,7 @@ def local_train(
         if np.asarray(X).shape[0] == 0:
             raise ModelError("no local training examples for this task")
         model.partial_fit(X, y, epochs=epochs, proximal_mu=mu, reference=global_weights,
-                          control=control)  # fmt: skip
+                          control=control, absent_scale=alpha)  # fmt: skip
     stats = model.last_stats_
     metrics = {"loss": stats.loss, "steps": float(stats.steps), "epochs": float(epochs)}
     if isinstance(model, HybridDetector) and model.last_anomaly_stats_.examples:
@@ -294,3 +305,20 @@ def _whole(value: Any, key: str) -> int:
     if not (math.isfinite(as_float) and as_float == int(as_float) and as_float >= 0):
         raise ConfigError(f"task config {key} must be a whole number >= 0; found {value!r}")
     return int(as_float)
+
+
+ADAPTIVE_ALGORITHMS = ("fedadam", "fedyogi")
+"""Server optimizers whose adaptive step :func:`server_params` limits to a hybrid's classifier."""
+
+
+def server_params(
+    spec: Mapping[str, Any], algorithm: str, params: Mapping[str, float]
+) -> dict[str, float]:
+    """The server algorithm's parameters for a model spec: ``params``, plus, for a hybrid
+    detector under FedAdam or FedYogi, ``adaptive_layers`` = its classifier's layer count, so
+    the autoencoder part is averaged plainly (ADR 0016). An explicit ``adaptive_layers`` wins."""
+    out = dict(params)
+    if spec.get("kind") == "hybrid" and algorithm in ADAPTIVE_ALGORITHMS:
+        hidden = spec.get("hidden", HybridDetector(1).hidden)
+        out.setdefault("adaptive_layers", float(2 * (len(tuple(hidden)) + 1)))
+    return out

@@ -102,12 +102,21 @@ class HybridDetector:
         ``t_a`` there (1 %: chosen on validation data, ``bench/tune_nslkdd.py``).
     classifier_threshold:
         ``t_c``: the classifier alerts when ``1 - P(benign) > t_c``.
+    ae_epochs:
+        Passes of the autoencoder over the benign rows per classifier epoch. The autoencoder
+        trains on a share of the rows only and needs many more steps than the classifier to
+        reconstruct benign traffic closely; its steps are cheap (benign rows, a small network).
+    ae_optimizer, ae_lr:
+        The autoencoder's local optimizer (``"adam"`` or ``"sgd"``, without momentum) and
+        learning rate; ``None``: the classifier's ``optimizer``, ``momentum`` and ``lr``. A
+        classifier trained with SGD keeps an Adam-trained autoencoder this way.
     """
 
     _PARAMS = (
         "n_features", "n_classes", "hidden", "dropout", "lr", "batch_size", "class_weight",
         "epochs", "seed", "optimizer", "momentum", "weight_decay", "logit_adjust",
-        "label_smoothing", "ae_hidden", "anomaly_fpr", "classifier_threshold",
+        "label_smoothing", "ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs",
+        "ae_optimizer", "ae_lr",
     )  # fmt: skip
 
     benign_index: int = CATEGORY_INDEX[BENIGN]
@@ -140,6 +149,9 @@ class HybridDetector:
         ae_hidden: Sequence[int] = (64, 16),
         anomaly_fpr: float = 0.01,
         classifier_threshold: float = 0.5,
+        ae_epochs: int = 1,
+        ae_optimizer: str | None = None,
+        ae_lr: float | None = None,
     ) -> None:
         self.n_features = n_features
         self.n_classes = n_classes
@@ -158,6 +170,9 @@ class HybridDetector:
         self.ae_hidden = tuple(ae_hidden)
         self.anomaly_fpr = anomaly_fpr
         self.classifier_threshold = classifier_threshold
+        self.ae_epochs = ae_epochs
+        self.ae_optimizer = ae_optimizer
+        self.ae_lr = ae_lr
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -174,6 +189,10 @@ class HybridDetector:
         shared: dict[str, Any] = {k: getattr(self, k) for k in _SHARED}
         mlp = {k: getattr(self, k) for k in _CLASSIFIER_ONLY}
         classifier = MLPClassifier(self.n_features, seed=int(self.seed), **mlp, **shared)
+        if self.ae_optimizer is not None:  # the autoencoder's own optimizer (plain Adam steps)
+            shared.update(optimizer=self.ae_optimizer, momentum=0.0)
+        if self.ae_lr is not None:
+            shared["lr"] = self.ae_lr
         autoencoder = AutoencoderDetector(
             self.n_features, hidden=self.ae_hidden, seed=autoencoder_seed(int(self.seed)),
             target_fpr=self.anomaly_fpr, **shared,
@@ -196,6 +215,13 @@ class HybridDetector:
         t_c = float(self.classifier_threshold)
         if not (math.isfinite(t_c) and 0.0 < t_c < 1.0):
             raise ModelError(f"classifier_threshold must be in (0, 1); found {t_c}")
+        if isinstance(self.ae_epochs, bool) or int(self.ae_epochs) != self.ae_epochs:
+            raise ModelError(f"ae_epochs must be a whole number; found {self.ae_epochs!r}")
+        if not 1 <= int(self.ae_epochs) <= 1000:
+            raise ModelError(
+                f"ae_epochs must be in [1, 1000]; found {self.ae_epochs}",
+                hint="it multiplies the local epochs for the autoencoder part, e.g. 5",
+            )
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -310,10 +336,12 @@ class HybridDetector:
         proximal_mu: float = 0.0,
         reference: Weights | None = None,
         control: tuple[Weights, Weights] | None = None,
+        absent_scale: float = 1.0,
     ) -> Self:
         """One local step: the classifier on all rows, the autoencoder on the benign rows.
 
-        ``epochs`` (``None``: the parameter) applies to both. ``reference`` (FedProx, Li et al.,
+        ``epochs`` (``None``: the parameter) applies to both; ``absent_scale`` (FedRS) to the
+        classifier only (:meth:`MLPClassifier.partial_fit`). ``reference`` (FedProx, Li et al.,
         MLSys 2020) and ``control = (c, c_i)`` (SCAFFOLD, Karimireddy et al., ICML 2020) are in
         :meth:`get_weights` order and split between the parts; afterwards ``last_control_`` and
         ``last_control_delta_`` hold both parts'. Labels are required.
@@ -338,9 +366,10 @@ class HybridDetector:
             ctl_c, ctl_a = (c_c, ci_c), (c_a, ci_a)
         n_epochs = self.epochs if epochs is None else int(epochs)
         classifier.partial_fit(X, y, epochs=n_epochs, proximal_mu=proximal_mu, reference=ref_c,
-                               control=ctl_c)  # fmt: skip
+                               control=ctl_c, absent_scale=absent_scale)  # fmt: skip
         # no benign rows: the autoencoder takes no step and its weights stay as they came
-        autoencoder.partial_fit(X, y, epochs=n_epochs, proximal_mu=proximal_mu, reference=ref_a,
+        autoencoder.partial_fit(X, y, epochs=n_epochs * int(self.ae_epochs),
+                                proximal_mu=proximal_mu, reference=ref_a,
                                 control=ctl_a)  # fmt: skip
         self.last_stats_ = classifier.last_stats_
         self.last_anomaly_stats_ = autoencoder.last_stats_

@@ -115,6 +115,8 @@ class MLPClassifier(TorchEstimator):
 
     _loss_weight: torch.Tensor | None = None
     _logit_offset: torch.Tensor | None = None
+    _logit_scale: torch.Tensor | None = None
+    _absent_scale: float = 1.0
 
     benign_index: int = CATEGORY_INDEX[BENIGN]
     """Output column of the benign class, used by :meth:`attack_score`."""
@@ -159,6 +161,7 @@ class MLPClassifier(TorchEstimator):
         proximal_mu: float = 0.0,
         reference: Weights | None = None,
         control: tuple[Weights, Weights] | None = None,
+        absent_scale: float = 1.0,
     ) -> Self:
         """Continue training from the current weights (building the network if needed).
 
@@ -178,23 +181,42 @@ class MLPClassifier(TorchEstimator):
             gradient ``g + c - c_i``, and ``last_control_`` / ``last_control_delta_`` hold the
             new ``c_i`` and ``c_i+ - c_i`` (option II). The weights at the start of the call
             are taken as the global model ``x``.
+        absent_scale:
+            FedRS, the restricted softmax (Li and Zhan, "FedRS: Federated Learning with
+            Restricted Softmax for Label Distribution Non-IID Data", KDD 2021): during this call
+            the logits of the classes absent from ``y`` are multiplied by ``absent_scale``
+            (``alpha`` in [0, 1]; 1 is the plain softmax). Under label skew a participant that
+            never sees a class otherwise pushes that class's output weights down on every row
+            it trains on, and the few participants holding a rare class cannot outvote the rest;
+            with ``alpha < 1`` those weights take a gradient scaled by ``alpha`` (none at 0).
+            Prediction always uses the plain logits. Meant for federated local training only.
 
         Returns
         -------
         self
         """
+        alpha = float(absent_scale)
+        if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+            raise ModelError(
+                f"absent_scale (FedRS alpha) must be in [0, 1]; found {absent_scale}",
+                hint="1 turns the restricted softmax off; the FedRS paper uses about 0.5",
+            )
         if not self.is_initialized():
             self.initialize()
         x = self._to_tensor(X)
         target = self._targets(y, x.shape[0])
-        self._train(
-            x,
-            target,
-            epochs=self.epochs if epochs is None else int(epochs),
-            proximal_mu=float(proximal_mu),
-            reference=reference,
-            control=control,
-        )
+        self._absent_scale = alpha  # for this call only: a cached model serves many callers
+        try:
+            self._train(
+                x,
+                target,
+                epochs=self.epochs if epochs is None else int(epochs),
+                proximal_mu=float(proximal_mu),
+                reference=reference,
+                control=control,
+            )
+        finally:
+            self._absent_scale = 1.0
         return self
 
     def _targets(self, y: ArrayLike, n: int) -> torch.Tensor:
@@ -242,6 +264,16 @@ class MLPClassifier(TorchEstimator):
             self._logit_offset = None
         else:
             self._logit_offset = torch.from_numpy(self.logit_offsets(y.numpy()))
+        self._logit_scale = None
+        if y is not None and self._absent_scale != 1.0:
+            scale = self.logit_scales(y.numpy(), self._absent_scale)
+            self._logit_scale = None if bool((scale == 1.0).all()) else torch.from_numpy(scale)
+
+    def logit_scales(self, y: ArrayLike, absent_scale: float) -> NDArray[np.float32]:
+        """FedRS's per-class logit factors for training on labels ``y``: 1 for the classes
+        present in ``y``, ``absent_scale`` for the others (see :meth:`partial_fit`)."""
+        counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=int(self.n_classes))
+        return np.where(counts > 0, 1.0, float(absent_scale)).astype(np.float32)
 
     def _batch_loss(
         self, net: FeedForward, xb: torch.Tensor, yb: torch.Tensor | None
@@ -249,6 +281,8 @@ class MLPClassifier(TorchEstimator):
         if yb is None:
             raise ModelError("MLPClassifier needs labels to train")
         logits = net(xb, self.rng_)
+        if self._logit_scale is not None:
+            logits = logits * self._logit_scale
         if self._logit_offset is not None:
             logits = logits + self._logit_offset
         return F.cross_entropy(

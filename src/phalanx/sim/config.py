@@ -24,6 +24,10 @@ class ModelSpec(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Local optimizer (a fresh one each local step; see MLPClassifier)."""
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    """SGD momentum (optimizer "sgd" only)."""
     class_weight: Literal["balanced", "none"] = "balanced"
     logit_adjust: float = Field(0.0, ge=0.0, le=10.0)
     """Logit-adjusted loss strength tau (Menon et al., ICLR 2021); see MLPClassifier."""
@@ -35,6 +39,12 @@ class ModelSpec(BaseModel):
     """Share of benign validation flows the hybrid's anomaly part may flag (sets t_a)."""
     classifier_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """t_c: the hybrid's classifier alerts when 1 - P(benign) exceeds it."""
+    ae_epochs: int = Field(1, ge=1, le=1000)
+    """Passes of the hybrid's autoencoder over the benign rows per local epoch."""
+    ae_optimizer: Literal["adam", "sgd"] | None = None
+    """The hybrid autoencoder's local optimizer (None: the classifier's)."""
+    ae_lr: float | None = Field(None, gt=0.0)
+    """The hybrid autoencoder's learning rate (None: the classifier's)."""
 
 
 class SimConfig(BaseModel):
@@ -51,6 +61,8 @@ class SimConfig(BaseModel):
     local_epochs: int = Field(1, ge=1, le=1000)
     algorithm: str = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0)
+    restricted_softmax: float = Field(1.0, ge=0.0, le=1.0)
+    """FedRS alpha for the classifier's local training (1: off); models/mlp.py."""
     server_lr: float | None = Field(None, gt=0.0)
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     fraction: float = Field(1.0, gt=0.0, le=1.0)

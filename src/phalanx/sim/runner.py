@@ -35,7 +35,7 @@ from phalanx.core.rounds import Federation, FederationPlan, RoundRecord
 from phalanx.core.secagg.params import SecAggSettings
 from phalanx.core.taxonomy import BENIGN, CATEGORIES
 from phalanx.core.types import ParticipantId, Weights
-from phalanx.models.federated import build_model
+from phalanx.models.federated import build_model, server_params
 from phalanx.ports import Transport
 from phalanx.services import privacy as dp
 from phalanx.services.coordinator import Coordinator
@@ -111,6 +111,7 @@ def train_config(cfg: SimConfig) -> dict[str, Any]:
     return {
         "model": cfg.model.model_dump(mode="json"),
         "local_epochs": cfg.local_epochs,
+        **({"restricted_softmax": cfg.restricted_softmax} if cfg.restricted_softmax != 1.0 else {}),
         **task_section(dp_spec(cfg)),
     }
 
@@ -206,7 +207,10 @@ def run_simulation(
             weight_cap=1 if cfg.dp == "client-distributed" else SecAggSettings.weight_cap,
         ),
     )
-    algorithm = make_algorithm(cfg.algorithm, **algorithm_params(cfg))
+    algorithm = make_algorithm(
+        cfg.algorithm,
+        **server_params(cfg.model.model_dump(mode="json"), cfg.algorithm, algorithm_params(cfg)),
+    )
     root_rows = robustness.bind_fltrust_root(algorithm, cfg, data, tconf, lambda: fed.transform)
     fed = Federation(
         plan,

@@ -247,17 +247,37 @@ class _Adaptive(_Algorithm):
         x <- x + server_lr * m / (sqrt(v) + tau)
 
     ``m`` starts at 0 and ``v`` at ``tau**2`` as in the paper.
+
+    With ``adaptive_layers = k`` only the first ``k`` layers take the adaptive step; the others
+    take the plain FedAvg mean (``x <- mean_k(w_k)``). The hybrid detector needs this: the
+    adaptive step moves every coordinate by about ``server_lr`` a round whatever the size of its
+    pseudo-gradient, which suits a classifier but leaves an autoencoder's reconstruction far from
+    converged (on NSL-KDD its median benign error stays 30 times the centralized one and it flags
+    8 % of held-out attacks at 1 % benign FPR instead of 70 %; ADR 0016). 0 (default): every layer
+    is adaptive.
     """
 
     streamable = True
 
     def __init__(
-        self, server_lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+        self,
+        server_lr: float = 0.01,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        adaptive_layers: float = 0,
     ) -> None:
         self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
         self.beta1 = _check_range("beta1", beta1, 0.0, 0.999999, low_open=False)
         self.beta2 = _check_range("beta2", beta2, 0.0, 0.999999, low_open=False)
         self.tau = _check_range("tau", tau, 0.0, 1e3, low_open=True)
+        layers = _check_range("adaptive_layers", adaptive_layers, 0.0, 1e6, low_open=False)
+        if layers != int(layers):
+            raise ConfigError(
+                f"adaptive_layers must be a whole number of layers; found {adaptive_layers}",
+                hint="0 makes every layer adaptive; the hybrid detector sets its classifier's",
+            )
+        self.adaptive_layers = int(layers)
         self._m: Weights | None = None
         self._v: Weights | None = None
 
@@ -277,10 +297,24 @@ class _Adaptive(_Algorithm):
             reference=self._m,
             reference_name="the server moments",
         )
+        if self.adaptive_layers > len(global_weights):
+            raise AggregationError(
+                f"adaptive_layers is {self.adaptive_layers} but the model has"
+                f" {len(global_weights)} layers",
+                hint="set it to the number of leading layers the adaptive step applies to",
+            )
+        adaptive = self.adaptive_layers or len(global_weights)
         new_m: Weights = []
         new_v: Weights = []
         out: Weights = []
-        for x, w, m_old, v_old in zip(global_weights, mean, self._m, self._v, strict=True):
+        for i, (x, w, m_old, v_old) in enumerate(
+            zip(global_weights, mean, self._m, self._v, strict=True)
+        ):
+            if i >= adaptive:  # plain FedAvg for the trailing layers; their moments stay
+                new_m.append(m_old)
+                new_v.append(v_old)
+                out.append(np.asarray(w, dtype=np.float32))
+                continue
             x64 = np.asarray(x, dtype=np.float64)
             d = w.astype(np.float64) - x64
             m = (self.beta1 * m_old.astype(np.float64) + (1.0 - self.beta1) * d).astype(np.float32)

@@ -1,0 +1,62 @@
+"""``federation.toml``'s ``[training]`` and ``[model]`` reach the deployed round engine as in
+simulation: FedRS's alpha goes out with every task, and a hybrid under FedAdam keeps the adaptive
+server step off its autoencoder (ADR 0016)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phalanx.adapters.pki import init_ca, issue
+from phalanx.cli.config import load_config
+from phalanx.cli.coordinator import CoordinatorHost
+from phalanx.core.aggregation import FedAdam
+from phalanx.core.errors import ConfigError
+from phalanx.models import HybridDetector, build_model
+
+
+def _config(root: Path, training: str, model: str) -> Path:
+    init_ca(root / "pki", "train-fed")
+    issue(root / "pki", "coordinator", "localhost")
+    path = root / "federation.toml"
+    path.write_text(
+        f'[federation]\nname = "train-fed"\n\n[model]\n{model}\n\n[training]\n{training}\n\n'
+        f'[participants]\nenrolled = {json.dumps(["a", "b", "c"])}\nmin = 2\n'
+    )
+    return path
+
+
+def test_hybrid_under_fedadam_with_fedrs(tmp_path: Path) -> None:
+    path = _config(
+        tmp_path,
+        'algorithm = "fedadam"\nrestricted_softmax = 0.5',
+        'kind = "hybrid"\nhidden = [32, 16]\nae_epochs = 10',
+    )
+    host = CoordinatorHost(load_config(path))
+    try:
+        algo = host.federation.algorithm
+        assert isinstance(algo, FedAdam)
+        hybrid = build_model({"kind": "hybrid", "hidden": [32, 16]}, 8, {"seed": 0})
+        assert isinstance(hybrid, HybridDetector)
+        assert algo.adaptive_layers == len(hybrid.classifier_.get_weights()) == 6
+        config = host.federation.plan.train_config
+        assert config["restricted_softmax"] == 0.5
+        assert config["model"]["ae_epochs"] == 10
+    finally:
+        host.store.close()
+
+
+def test_defaults_send_no_fedrs_and_keep_every_layer_adaptive(tmp_path: Path) -> None:
+    host = CoordinatorHost(load_config(_config(tmp_path, 'algorithm = "fedadam"', "")))
+    try:
+        assert "restricted_softmax" not in host.federation.plan.train_config
+        assert host.federation.algorithm.adaptive_layers == 0  # type: ignore[attr-defined]
+    finally:
+        host.store.close()
+
+
+def test_a_bad_fedrs_alpha_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="restricted_softmax"):
+        load_config(_config(tmp_path, "restricted_softmax = 1.5", ""))
