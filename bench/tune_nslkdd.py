@@ -40,6 +40,14 @@ attack rows + detection rate on unseen-name attack rows) / 3`` (benign traffic, 
 and novel attacks weigh alike, as a detector must serve all three), then the higher median
 selection macro-F1. ``--hybrid-table`` prints that comparison, with the autoencoder part alone
 (``anom DR`` at its threshold and ``anom AUC`` on the selection set's attack rows) beside it.
+
+Two later questions, each with a criterion fixed before its run (``docs/results.md``):
+
+* the anomaly part (ADR 0016): the fewest autoencoder passes per round (``ae_epochs`` 1, 5, 10)
+  at which the federated autoencoder flags as many selection attacks at its threshold as the
+  centralized one (``fed anom DR`` against ``cen anom DR``);
+* the classifier's local optimizer (ADR 0017, :data:`SGD_CANDIDATES`, seeds 0-9): the highest
+  median selection macro-F1 of the federated model, then the smallest median gap.
 """
 
 from __future__ import annotations
@@ -85,6 +93,20 @@ BASE: dict[str, Any] = {
     "workers": 2,
 }
 
+
+def _hyb(fpr: float, sim: dict[str, Any] | None = None, **model: Any) -> dict[str, Any]:
+    """A hybrid variant: anomaly FPR ``fpr``, simulation overrides ``sim``, model overrides."""
+    return {**(sim or {}), "model": {"kind": "hybrid", "anomaly_fpr": fpr, **model}}
+
+
+def _sgd(lr: float, restricted_softmax: float | None = None) -> dict[str, Any]:
+    """An MLP variant: local SGD at ``lr`` with momentum 0.9, optionally FedRS."""
+    out: dict[str, Any] = {"model": {"optimizer": "sgd", "lr": lr, "momentum": 0.9}}
+    if restricted_softmax is not None:
+        out["restricted_softmax"] = restricted_softmax
+    return out
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "fedyogi": {"algorithm": "fedyogi"},
@@ -113,26 +135,54 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ls0.1-r40-bs512": {"rounds": 40, "model": {"label_smoothing": 0.1, "batch_size": 512}},
     "ls0.1": {"model": {"label_smoothing": 0.1}},
     # hybrid detectors: classifier OR autoencoder on benign flows (models/hybrid.py)
-    "hyb-fpr0.01": {"model": {"kind": "hybrid", "anomaly_fpr": 0.01}},
-    "hyb-fpr0.02": {"model": {"kind": "hybrid", "anomaly_fpr": 0.02}},
-    "hyb-fpr0.05": {"model": {"kind": "hybrid", "anomaly_fpr": 0.05}},
-    "hyb-fpr0.01-ae128-32": {
-        "model": {"kind": "hybrid", "anomaly_fpr": 0.01, "ae_hidden": (128, 32)}
-    },
-    "hyb-fpr0.02-ae128-32": {
-        "model": {"kind": "hybrid", "anomaly_fpr": 0.02, "ae_hidden": (128, 32)}
-    },
-    "hyb-fpr0.05-ae128-32": {
-        "model": {"kind": "hybrid", "anomaly_fpr": 0.05, "ae_hidden": (128, 32)}
-    },
+    "hyb-fpr0.01": _hyb(0.01),
+    "hyb-fpr0.02": _hyb(0.02),
+    "hyb-fpr0.05": _hyb(0.05),
+    "hyb-fpr0.01-ae128-32": _hyb(0.01, ae_hidden=(128, 32)),
+    "hyb-fpr0.02-ae128-32": _hyb(0.02, ae_hidden=(128, 32)),
+    "hyb-fpr0.05-ae128-32": _hyb(0.05, ae_hidden=(128, 32)),
     # does the federated autoencoder part catch up with more training? (the previous session's
     # 40-round recipe; a diagnostic of the anomaly part, scored by anom DR / anom AUC)
-    "hyb-fpr0.01-r40-bs512-slr0.03": {
-        "rounds": 40,
-        "server_lr": 0.03,
-        "model": {"kind": "hybrid", "anomaly_fpr": 0.01, "batch_size": 512},
+    "hyb-fpr0.01-r40-bs512-slr0.03": _hyb(0.01, {"rounds": 40, "server_lr": 0.03}, batch_size=512),
+    "hyb-fpr0.01-fedavg": _hyb(0.01, {"algorithm": "fedavg"}),
+    "hyb-fpr0.01-slr0.03": _hyb(0.01, {"server_lr": 0.03}),
+    "hyb-fpr0.01-le2": _hyb(0.01, {"local_epochs": 2}),
+    # FedRS (restricted softmax, Li and Zhan, KDD 2021) for the classifier under label skew
+    "rs0.5": {"restricted_softmax": 0.5},
+    "rs0.1": {"restricted_softmax": 0.1},
+    "rs0": {"restricted_softmax": 0.0},
+    # ADR 0016: the autoencoder part averaged plainly under FedAdam, with ae_epochs passes
+    "hyb-fpr0.01-ae5": _hyb(0.01, ae_epochs=5),
+    "hyb-fpr0.01-ae10": _hyb(0.01, ae_epochs=10),
+    "hyb-fpr0.02-ae10": _hyb(0.02, ae_epochs=10),
+    "hyb-fpr0.01-ae10-rs0.5": _hyb(0.01, {"restricted_softmax": 0.5}, ae_epochs=10),
+    "hyb-fpr0.01-ae10-rs0": _hyb(0.01, {"restricted_softmax": 0.0}, ae_epochs=10),
+    "hyb-fpr0.01-ae10-le2": _hyb(0.01, {"local_epochs": 2}, ae_epochs=10),
+    "hyb-fpr0.01-ae10-le3": _hyb(0.01, {"local_epochs": 3}, ae_epochs=10),
+    "hyb-fpr0.01-ae10-r40": _hyb(0.01, {"rounds": 40}, ae_epochs=10),
+    "hyb-fpr0.01-fedavg-ae10": _hyb(0.01, {"algorithm": "fedavg"}, ae_epochs=10),
+    # local SGD instead of a fresh Adam each round (Adam's normalized steps turn the tiny
+    # gradient that pushes a rare class down on every other row into full-size steps), with and
+    # without FedRS (ADR 0017); the rule's candidates are in SGD_CANDIDATES
+    **{
+        f"sgd-lr{lr:g}-m0.9{'' if rs is None else f'-rs{rs:g}'}": _sgd(lr, rs)
+        for lr in (0.01, 0.02, 0.03, 0.05, 0.1)
+        for rs in (None, 0.5, 0.0)
     },
+    # ADR 0016/0017: an SGD classifier beside an autoencoder on SGD too, or on Adam
+    "hyb-fpr0.01-ae10-sgd-lr0.02-m0.9": _hyb(0.01, ae_epochs=10, **_sgd(0.02)["model"]),
+    "hyb-fpr0.01-ae10-sgd-lr0.05-m0.9": _hyb(0.01, ae_epochs=10, **_sgd(0.05)["model"]),
+    "hyb-fpr0.01-ae10-sgd-lr0.05-m0.9-aeadam": _hyb(
+        0.01, ae_epochs=10, ae_optimizer="adam", ae_lr=1e-3, **_sgd(0.05)["model"]
+    ),
 }
+
+SGD_CANDIDATES = tuple(
+    ["default"]
+    + [f"sgd-lr{lr:g}-m0.9{sfx}" for lr in (0.02, 0.03, 0.05) for sfx in ("", "-rs0.5", "-rs0")]
+)
+"""The local-optimizer rule's candidates (ADR 0017), fixed before its 10-seed run: the highest
+median selection macro-F1 of the federated model, then the smallest median gap."""
 
 HYBRID_CANDIDATES = (
     "default", "hyb-fpr0.01", "hyb-fpr0.02", "hyb-fpr0.05", "hyb-fpr0.01-ae128-32",

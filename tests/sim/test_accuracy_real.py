@@ -3,14 +3,15 @@
 Slow (minutes): run with ``pytest -m slow tests/sim/test_accuracy_real.py``. The numbers and the
 settings behind them are documented in ``docs/results.md``.
 
-The issue's NSL-KDD goals (binary accuracy >= 0.82 on KDDTest+, macro-F1 within 2 points of the
-centralized model) are not met, with the defaults, with the settings chosen on validation data
-by ``bench/tune_nslkdd.py``, or with the hybrid detector (``--model hybrid``: 0.805-0.819), and
-are not asserted here; docs/results.md has the numbers and why. What holds on every seed
-measured is asserted: the federated model beats the mean local-only model, and its binary
-accuracy stays within 2 points of the centralized model's; the hybrid detector's anomaly part
-raises the federated binary accuracy on KDDTest+ above its own classifier's (+2.0 to +2.1
-points on seeds 0-2) and above 0.80.
+The issue's NSL-KDD binary goal (>= 0.82 on KDDTest+) is asserted for the NSL-KDD recipe
+(docs/results.md): the hybrid detector (``--model hybrid``) with a classifier trained locally by
+SGD (lr 0.05, momentum 0.9; ADR 0017) and an Adam autoencoder with ten passes per round,
+averaged plainly under FedAdam (ADR 0016). Its second goal (macro-F1 within 2 points of the
+centralized model) is not met and not asserted: the gap is 3.7-4.4 points at seeds 0-1, the
+``web-attack`` class (two test rows) and ``exploit``. What holds on every seed measured is
+asserted too: the federated model beats the mean local-only model, its binary accuracy stays
+within 2 points of the centralized model's, and the hybrid's anomaly part raises it above its
+own classifier's.
 
 Every run: 10 participants, Dirichlet(0.5) label skew, 20 rounds of one local epoch, FedAdam
 (Reddi et al., ICLR 2021) with its default server learning rate, the default MLP. The baselines
@@ -93,7 +94,10 @@ def test_nsl_kdd_summary_reports_the_calibrated_operating_point(nsl_kdd: dict[st
 @pytest.fixture(scope="module")
 def nsl_kdd_hybrid(datasets: Path) -> dict[str, Any]:
     root = datasets / "nsl-kdd"
-    spec = ModelSpec(kind="hybrid", anomaly_fpr=0.01)
+    spec = ModelSpec(
+        kind="hybrid", anomaly_fpr=0.01, optimizer="sgd", lr=0.05, momentum=0.9,
+        ae_optimizer="adam", ae_lr=1e-3, ae_epochs=10,
+    )  # fmt: skip
     return _summary(_config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", spec))
 
 
@@ -101,13 +105,13 @@ def test_nsl_kdd_hybrid_catches_what_its_classifier_misses(
     nsl_kdd_hybrid: dict[str, Any],
 ) -> None:
     """The anomaly part flags attacks the classifier lets through (KDDTest+'s novel names):
-    the federated hybrid's binary accuracy rises above its own classifier's and above 0.80
-    (0.814 at seed 0; the issue's 0.82 is not reached, docs/results.md)."""
+    the federated hybrid's binary accuracy rises above its own classifier's (0.826 -> 0.846 at
+    seed 0) and reaches the issue's 0.82."""
     fed = nsl_kdd_hybrid["federated"]
     classifier = fed["parts"]["classifier"]["binary"]
     assert _binary_accuracy(fed) >= classifier["accuracy"] + 0.01
     assert fed["binary"]["detection_rate"] > classifier["detection_rate"] + 0.03
-    assert _binary_accuracy(fed) >= 0.80
+    assert _binary_accuracy(fed) >= 0.82
     assert nsl_kdd_hybrid["thresholds"]["anomaly_fpr"] == 0.01
 
 
@@ -117,7 +121,7 @@ def test_nsl_kdd_hybrid_federated_beats_local_only(nsl_kdd_hybrid: dict[str, Any
     assert _binary_accuracy(fed) > _binary_accuracy(local)
     assert fed["macro_f1"] > local["macro_f1"]
     assert fed["binary"]["fpr"] < local["binary"]["fpr"]
-    assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02  # -0.017 at seed 0
+    assert _binary_accuracy(fed) >= _binary_accuracy(cen) - 0.02  # +0.001 at seed 0
 
 
 @pytest.mark.parametrize(
