@@ -23,7 +23,7 @@ def _config(root: Path, training: str, model: str) -> Path:
     path = root / "federation.toml"
     path.write_text(
         f'[federation]\nname = "train-fed"\n\n[model]\n{model}\n\n[training]\n{training}\n\n'
-        f'[participants]\nenrolled = {json.dumps(["a", "b", "c"])}\nmin = 2\n'
+        f"[participants]\nenrolled = {json.dumps(['a', 'b', 'c'])}\nmin = 2\n"
     )
     return path
 
