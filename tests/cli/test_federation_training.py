@@ -60,3 +60,10 @@ def test_defaults_send_no_fedrs_and_keep_every_layer_adaptive(tmp_path: Path) ->
 def test_a_bad_fedrs_alpha_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="restricted_softmax"):
         load_config(_config(tmp_path, "restricted_softmax = 1.5", ""))
+
+
+def test_fedrs_with_record_level_dp_is_refused(tmp_path: Path) -> None:
+    path = _config(tmp_path, "restricted_softmax = 0.5", "")
+    path.write_text(path.read_text() + '\n[privacy]\nmode = "record"\nepsilon = 8.0\nclip = 1.0\n')
+    with pytest.raises(ConfigError, match="restricted_softmax"):
+        load_config(path)

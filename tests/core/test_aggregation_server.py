@@ -152,7 +152,7 @@ def test_adaptive_layers_limits_the_adaptive_step_to_the_leading_layers(
     g = [rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(4).astype(np.float32)]
     split, full = cls(adaptive_layers=1), cls()
     g_split, g_full = g, g
-    for _ in range(3):
+    for rnd in range(3):
         noise = [rng.standard_normal(x.shape).astype(np.float32) for x in g]
         ups_split = [update([x + k * d for x, d in zip(g_split, noise, strict=True)], 2 + k,
                             f"p{k}") for k in range(3)]  # fmt: skip
@@ -163,7 +163,8 @@ def test_adaptive_layers_limits_the_adaptive_step_to_the_leading_layers(
         np.testing.assert_allclose(out[1], mean[1], rtol=1e-6, atol=1e-6)
         g_full = full.aggregate(g_full, ups_full)
         np.testing.assert_allclose(out[0], g_full[0], rtol=1e-6, atol=1e-6)
-        assert not np.allclose(g_full[1], mean[1])  # the full algorithm is not the mean there
+        if rnd == 0:  # same start: the full algorithm's step on layer 1 is not the mean
+            assert not np.allclose(g_full[1], mean[1])
         g_split = out
 
 

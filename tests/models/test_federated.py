@@ -106,6 +106,9 @@ def test_task_errors(rng: np.random.Generator) -> None:
         local_train(model().set_weights(g), X, y, {"local_epochs": 1.5}, {})
     with pytest.raises(ConfigError, match="restricted_softmax"):
         local_train(model().set_weights(g), X, y, {"restricted_softmax": 2.0}, {})
+    record = {"mode": "record", "clip": 1.0, "noise_multiplier": 1.3}
+    with pytest.raises(ConfigError, match="record-level DP-SGD"):
+        local_train(model().set_weights(g), X, y, {"restricted_softmax": 0.5, "dp": record}, {})
     with pytest.raises(ModelError, match="no weights yet"):
         local_train(model(), X, y, {}, {})
     with pytest.raises(ModelError, match="needs labels"):

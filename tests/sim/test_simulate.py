@@ -125,3 +125,10 @@ def test_the_nsl_kdd_recipe_options_reach_the_run(tmp_path: Path) -> None:
     task = train_config(cfg)
     assert task["restricted_softmax"] == 0.5 and task["model"]["ae_epochs"] == 10
     assert "restricted_softmax" not in train_config(_cfg())
+
+
+def test_fedrs_with_record_level_dp_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="restricted-softmax"):
+        _cfg(dp="record", epsilon=8.0, restricted_softmax=0.5)

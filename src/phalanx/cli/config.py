@@ -178,6 +178,12 @@ def load_config(path: Path) -> FederationConfig:
             hint='use kind = "mlp" with record-level DP, or mode = "client-central" or'
             ' "client-distributed" with the hybrid',
         )
+    if cfg.privacy.mode == "record" and cfg.training.restricted_softmax != 1.0:
+        raise ConfigError(
+            f'{path}: [privacy] mode = "record" cannot train with [training] restricted_softmax'
+            " (DP-SGD trains with the plain softmax)",
+            hint="remove restricted_softmax, or use client-level DP",
+        )
     state = cfg.state.model_copy(update={"dir": _under(base, cfg.state.dir)})
     return cfg.model_copy(update={"server": server, "state": state})
 

@@ -199,6 +199,11 @@ def local_train(
         )
     global_weights = model.get_weights()
     dp = DPTaskSpec.from_config(config)
+    if dp is not None and dp.mode == "record" and alpha != 1.0:
+        raise ConfigError(
+            "task config restricted_softmax (FedRS) cannot run with record-level DP-SGD",
+            hint="DP-SGD trains with the plain softmax; drop restricted_softmax",
+        )
     if dp is not None and dp.mode == "record":
         return _record_dp_train(model, X, y, config, dp, epochs, mu, global_weights, noise_rng)
     control: tuple[Weights, Weights] | None = None

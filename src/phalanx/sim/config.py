@@ -112,6 +112,11 @@ class SimConfig(BaseModel):
                 " would need one privacy accounting over both of its networks; use --model mlp"
                 " with --dp record, or client-level DP (client-central, client-distributed)"
             )
+        if self.dp == "record" and self.restricted_softmax != 1.0:
+            raise ValueError(
+                "--restricted-softmax (FedRS) is not supported with record-level DP (--dp"
+                " record): DP-SGD trains with the plain softmax; drop one of them"
+            )
         return self
 
     @field_validator("attack")
