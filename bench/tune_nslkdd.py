@@ -169,6 +169,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         for lr in (0.01, 0.02, 0.03, 0.05, 0.1)
         for rs in (None, 0.5, 0.0)
     },
+    # the server algorithm, with the chosen local SGD (SCAFFOLD's local steps are plain SGD)
+    **{
+        f"sgd-lr0.05-m0.9-{algo}": {"algorithm": algo, **_sgd(0.05)}
+        for algo in ("fedavg", "fedavgm", "fedprox", "fedyogi", "scaffold")
+    },
     # ADR 0016/0017: an SGD classifier beside an autoencoder on SGD too, or on Adam
     "hyb-fpr0.01-ae10-sgd-lr0.02-m0.9": _hyb(0.01, ae_epochs=10, **_sgd(0.02)["model"]),
     "hyb-fpr0.01-ae10-sgd-lr0.05-m0.9": _hyb(0.01, ae_epochs=10, **_sgd(0.05)["model"]),
