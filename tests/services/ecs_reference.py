@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phalanx.core.features.batch import FlowBatch
-from phalanx.services.alerts import TACTICS, TIMESTAMP, TRANSPORTS
+from phalanx.services.alerts import TIMESTAMP, TRANSPORTS, threat
 
 
 def documents(
@@ -92,7 +92,7 @@ def _alert(
             "version": model_version,
             "description": f"{kind} attack score {score:.4g} above {threshold:.4g}",
         },
-        "threat": _threat(category),
+        "threat": threat(category),
         "phalanx": {
             "category": category,
             "score": score,
@@ -111,15 +111,6 @@ def _severity(score: float, threshold: float) -> int:
     if threshold <= 0:
         return 100
     return int(min(100, max(1, round(50 * score / threshold))))
-
-
-def _threat(category: str) -> dict[str, Any]:
-    doc: dict[str, Any] = {"framework": "MITRE ATT&CK"}
-    tactic = TACTICS.get(category)
-    if tactic is not None:
-        doc["tactic"] = {"id": [tactic[0]], "name": [tactic[1]]}
-        doc["technique"] = {"id": [tactic[2]], "name": [tactic[3]]}
-    return doc
 
 
 def _ipv4(values: NDArray[Any]) -> list[str]:

@@ -96,14 +96,30 @@ class TrainStats:
     """Rows trained on (each counted once, whatever the number of epochs)."""
 
 
-class TorchEstimator:
+class Params:
+    """Constructor-parameter plumbing in the scikit-learn style: ``_PARAMS`` names them."""
+
+    _PARAMS: tuple[str, ...] = ()
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-ready: tuples become lists)."""
+        out: dict[str, Any] = {}
+        for name in self._PARAMS:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+class TorchEstimator(Params):
     """Base of the estimators: parameter handling, lazy network, training loop, weights API.
 
     Subclasses define ``_PARAMS`` (constructor parameter names), :meth:`_sizes`, and
     :meth:`_batch_loss`.
     """
-
-    _PARAMS: tuple[str, ...] = ()
 
     n_features: int
     hidden: tuple[int, ...]
@@ -125,14 +141,6 @@ class TorchEstimator:
 
     # -- parameters -------------------------------------------------------------------------
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters (JSON-ready: tuples become lists)."""
-        out: dict[str, Any] = {}
-        for name in self._PARAMS:
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
-        return out
-
     def check_params(self) -> None:
         """Raise :class:`ModelError` when a constructor parameter is out of range."""
         if int(self.n_features) < 1:
@@ -149,10 +157,6 @@ class TorchEstimator:
             )
         if self.optimizer not in ("adam", "sgd"):
             raise ModelError(f"optimizer must be 'adam' or 'sgd'; found {self.optimizer!r}")
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
 
     # -- network ----------------------------------------------------------------------------
 

@@ -324,6 +324,9 @@ def server_params(
     the autoencoder part is averaged plainly (ADR 0016). An explicit ``adaptive_layers`` wins."""
     out = dict(params)
     if spec.get("kind") == "hybrid" and algorithm in ADAPTIVE_ALGORITHMS:
-        hidden = spec.get("hidden", HybridDetector(1).hidden)
-        out.setdefault("adaptive_layers", float(2 * (len(tuple(hidden)) + 1)))
+        hybrid = HybridDetector(1)  # the count depends on the hidden widths only
+        if "hidden" in spec:
+            hybrid.hidden = tuple(spec["hidden"])
+        layers = hybrid.classifier_layer_count()
+        out.setdefault("adaptive_layers", float(layers))
     return out

@@ -55,7 +55,7 @@ from phalanx.core.errors import ModelError
 from phalanx.core.taxonomy import BENIGN, CATEGORIES, CATEGORY_INDEX, FALLBACK
 from phalanx.core.types import Weights
 from phalanx.models.autoencoder import AutoencoderDetector
-from phalanx.models.base import TrainStats
+from phalanx.models.base import Params, TrainStats
 from phalanx.models.mlp import MLPClassifier
 
 CLASSIFIER_PREFIX = "classifier."
@@ -76,7 +76,7 @@ def autoencoder_seed(seed: int) -> int:
     return int(np.random.SeedSequence([int(seed), 0x4145]).generate_state(1)[0])
 
 
-class HybridDetector:
+class HybridDetector(Params):
     """Classifier OR autoencoder anomaly detector, trained and exchanged as one model.
 
     The constructor only stores parameters; the two networks (``classifier_`` and
@@ -176,14 +176,6 @@ class HybridDetector:
 
     # -- parameters -------------------------------------------------------------------------
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters (JSON-ready: tuples become lists)."""
-        out: dict[str, Any] = {}
-        for name in self._PARAMS:
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
-        return out
-
     def _parts(self) -> tuple[MLPClassifier, AutoencoderDetector]:
         """Both parts as the parameters describe them (not initialized)."""
         shared: dict[str, Any] = {k: getattr(self, k) for k in _SHARED}
@@ -222,10 +214,6 @@ class HybridDetector:
                 f"ae_epochs must be in [1, 1000]; found {self.ae_epochs}",
                 hint="it multiplies the local epochs for the autoencoder part, e.g. 5",
             )
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -283,10 +271,13 @@ class HybridDetector:
         classifier, autoencoder = self._require()
         return classifier.get_weights() + autoencoder.get_weights()
 
+    def classifier_layer_count(self) -> int:
+        """How many of :meth:`get_weights`'s arrays are the classifier's (they come first)."""
+        return len(self._parts()[0].expected_layers())
+
     def _split(self, weights: Sequence[Any], what: str) -> tuple[list[Any], list[Any]]:
-        classifier, autoencoder = self._parts()
-        k = len(classifier.expected_layers())
-        total = k + len(autoencoder.expected_layers())
+        k = self.classifier_layer_count()
+        total = len(self.expected_layers())
         if len(weights) != total:
             raise ModelError(
                 f"HybridDetector {what} has {len(weights)} arrays; expected {total}"
