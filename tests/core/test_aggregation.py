@@ -152,8 +152,10 @@ def test_make_algorithm_rejects_unknown_names_and_params() -> None:
         make_algorithm("bulyan")
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) mu .*proximal_mu \(default"):
         make_algorithm("fedprox", mu=0.1)
-    with pytest.raises(ConfigError, match="accepts: none"):
+    with pytest.raises(ConfigError, match=r"accepts: classwise_layer \(default -1\)$"):
         make_algorithm("fedavg", server_lr=1.0)
+    with pytest.raises(ConfigError, match="accepts: none"):
+        make_algorithm("median", server_lr=1.0)
     with pytest.raises(ConfigError, match="must be a number"):
         make_algorithm("fedavgm", server_momentum="0.9")  # type: ignore[arg-type]
 

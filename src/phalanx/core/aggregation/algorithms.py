@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from phalanx.core.aggregation.base import check_compatible, to_float32, uniform_sum, weighted_mean
+from phalanx.core.aggregation.classwise import COUNTS_KEY, classwise_output
 from phalanx.core.aggregation.streaming import StreamedMean, StreamingMean
 from phalanx.core.aggregation.suspicion import (
     Report,
@@ -62,6 +63,23 @@ class _Algorithm:
     folded reply by reply (:mod:`~phalanx.core.aggregation.streaming`)."""
     _streamed: StreamedMean | None = None
     _last_report: Report | None = None
+    classwise_layer: int = -1
+    """Index of the output layer's weight array whose rows are averaged class by class
+    (:mod:`~phalanx.core.aggregation.classwise`, ADR 0018); -1: off."""
+
+    def _set_classwise(self, classwise_layer: float) -> None:
+        value = _check_range("classwise_layer", classwise_layer, -1.0, 1e6, low_open=False)
+        if value != int(value):
+            raise ConfigError(
+                f"classwise_layer must be a whole array index; found {classwise_layer}",
+                hint="-1 turns class-wise averaging off; server_params() sets the classifier's",
+            )
+        self.classwise_layer = int(value)
+        if self.classwise_layer >= 0:  # needs each update's counts, not a folded mean
+            self.streamable = False
+
+    def _classwise_config(self) -> dict[str, float]:
+        return {COUNTS_KEY: 1.0} if self.classwise_layer >= 0 else {}
 
     def aggregate_streamed(self, global_weights: Weights, stream: StreamingMean) -> Weights:
         """:meth:`aggregate` from a streamed mean: the same step and suspicion report, up to
@@ -89,7 +107,7 @@ class _Algorithm:
         return {p: dict(scores) for p, scores in (self._last_report or {}).items()}
 
     def task_config(self) -> dict[str, float]:
-        return {}
+        return self._classwise_config()
 
     def task_extras(self) -> dict[str, Weights]:
         return {}
@@ -115,6 +133,8 @@ class _Algorithm:
         lists = [u.weights for u in updates]
         check_compatible(lists, names, reference=global_weights)
         mean = weighted_mean(lists, [u.num_examples for u in updates], names)
+        if self.classwise_layer >= 0:
+            mean = classwise_output(mean, updates, self.classwise_layer)
         self._remember(global_weights, updates, mean)
         return mean
 
@@ -147,10 +167,21 @@ class FedAvg(_Algorithm):
 
     McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
     AISTATS 2017.
+
+    Parameters
+    ----------
+    classwise_layer:
+        Index of a classifier's output weight array (its bias follows it) whose rows are
+        averaged class by class, weighted by each participant's count of the class
+        (:mod:`~phalanx.core.aggregation.classwise`, ADR 0018); -1 (default) turns it off.
+        FedProx, FedAvgM, FedAdam and FedYogi take it too.
     """
 
     name = "fedavg"
     streamable = True
+
+    def __init__(self, classwise_layer: float = -1) -> None:
+        self._set_classwise(classwise_layer)
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
         """Return ``sum_k n_k w_k / sum_k n_k`` (the global weights only fix the layout)."""
@@ -170,11 +201,12 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(self, proximal_mu: float = 0.01) -> None:
+    def __init__(self, proximal_mu: float = 0.01, classwise_layer: float = -1) -> None:
         self.proximal_mu = _check_range("proximal_mu", proximal_mu, 0.0, 1e6, low_open=False)
+        self._set_classwise(classwise_layer)
 
     def task_config(self) -> dict[str, float]:
-        return {"proximal_mu": self.proximal_mu}
+        return {"proximal_mu": self.proximal_mu, **self._classwise_config()}
 
 
 class FedAvgM(_Algorithm):
@@ -198,11 +230,14 @@ class FedAvgM(_Algorithm):
     name = "fedavgm"
     streamable = True
 
-    def __init__(self, server_lr: float = 1.0, server_momentum: float = 0.9) -> None:
+    def __init__(
+        self, server_lr: float = 1.0, server_momentum: float = 0.9, classwise_layer: float = -1
+    ) -> None:
         self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
         self.server_momentum = _check_range(
             "server_momentum", server_momentum, 0.0, 0.999999, low_open=False
         )
+        self._set_classwise(classwise_layer)
         self._velocity: Weights | None = None
 
     def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
@@ -266,6 +301,7 @@ class _Adaptive(_Algorithm):
         beta2: float = 0.99,
         tau: float = 1e-3,
         adaptive_layers: float = 0,
+        classwise_layer: float = -1,
     ) -> None:
         self.server_lr = _check_range("server_lr", server_lr, 0.0, 1e3, low_open=True)
         self.beta1 = _check_range("beta1", beta1, 0.0, 0.999999, low_open=False)
@@ -278,6 +314,7 @@ class _Adaptive(_Algorithm):
                 hint="0 makes every layer adaptive; the hybrid detector sets its classifier's",
             )
         self.adaptive_layers = int(layers)
+        self._set_classwise(classwise_layer)
         self._m: Weights | None = None
         self._v: Weights | None = None
 
