@@ -67,3 +67,26 @@ def test_fedrs_with_record_level_dp_is_refused(tmp_path: Path) -> None:
     path.write_text(path.read_text() + '\n[privacy]\nmode = "record"\nepsilon = 8.0\nclip = 1.0\n')
     with pytest.raises(ConfigError, match="restricted_softmax"):
         load_config(path)
+
+
+def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> None:
+    path = _config(
+        tmp_path,
+        'algorithm = "fedadam"\nclasswise_head = true\nsecure_aggregation = false',
+        'kind = "hybrid"\nhidden = [32, 16]',
+    )
+    host = CoordinatorHost(load_config(path))
+    try:
+        algo = host.federation.algorithm
+        assert isinstance(algo, FedAdam)
+        assert algo.classwise_layer == 4 and algo.adaptive_layers == 6
+        assert algo.task_config() == {"class_counts": 1.0}
+    finally:
+        host.store.close()
+
+
+def test_classwise_head_with_secure_aggregation_is_refused(tmp_path: Path) -> None:
+    path = _config(tmp_path, "classwise_head = true", "")  # secure aggregation is on by default
+    with pytest.raises(ConfigError, match="classwise_head") as err:
+        load_config(path)
+    assert "secure_aggregation = false" in str(err.value.hint)

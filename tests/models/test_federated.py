@@ -220,3 +220,45 @@ def test_restricted_softmax_task_key_reaches_local_training(rng: np.random.Gener
         rows[len(cfg)] = weights[-2][2]
     assert np.array_equal(rows[1], g[-2][2])
     assert not np.array_equal(rows[0], g[-2][2])
+
+
+def test_class_counts_task_key_returns_the_label_counts(rng: np.random.Generator) -> None:
+    """``class_counts`` in the task config: the update carries the rows per class it trained on
+    (class-wise averaging, ADR 0018); without it, no counts leave the participant."""
+    X, y = blobs(rng, 120)
+    keep = y != 2
+    g = model(seed=5).initialize().get_weights()
+    _, n, _, extras = local_train(model().set_weights(g), X[keep], y[keep], {"class_counts": 1}, {})
+    counts = extras["class_counts"][0]
+    assert counts.dtype == np.float32 and counts.shape == (3,)
+    assert counts.tolist() == [float((y[keep] == c).sum()) for c in range(3)]
+    assert counts.sum() == n
+    assert "class_counts" not in local_train(model().set_weights(g), X, y, {}, {})[3]
+
+
+def test_class_counts_are_refused_with_dp_and_for_an_autoencoder(rng: np.random.Generator) -> None:
+    X, y = blobs(rng, 60)
+    dp = {"mode": "record", "noise_multiplier": 1.0, "clip": 1.0}
+    with pytest.raises(ConfigError, match="differential privacy"):
+        local_train(model().initialize(), X, y, {"class_counts": 1, "dp": dp}, {})
+    ae = AutoencoderDetector(10, hidden=(4,)).initialize()
+    with pytest.raises(ConfigError, match="autoencoder"):
+        local_train(ae, X, np.zeros(60, dtype=np.int64), {"class_counts": 1}, {})
+
+
+def test_server_params_name_the_output_layer_for_class_wise_averaging() -> None:
+    from phalanx.models.federated import server_params
+
+    mlp = build_model({"kind": "mlp", "hidden": [16, 8]}, 10, {"seed": 0})
+    out = len(mlp.get_weights()) - 2  # the output weight array; its bias follows
+    spec = {"kind": "mlp", "hidden": [16, 8]}
+    assert server_params(spec, "fedavg", {}, classwise_head=True) == {"classwise_layer": out}
+    hybrid = {"kind": "hybrid", "hidden": [16, 8]}
+    assert server_params(hybrid, "fedadam", {}, classwise_head=True) == {
+        "adaptive_layers": float(out + 2),
+        "classwise_layer": float(out),
+    }
+    with pytest.raises(ConfigError, match="scaffold"):
+        server_params(spec, "scaffold", {}, classwise_head=True)
+    with pytest.raises(ConfigError, match="no classes"):
+        server_params({"kind": "autoencoder"}, "fedavg", {}, classwise_head=True)

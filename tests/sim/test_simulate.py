@@ -132,3 +132,33 @@ def test_fedrs_with_record_level_dp_is_refused() -> None:
 
     with pytest.raises(ValidationError, match="restricted-softmax"):
         _cfg(dp="record", epsilon=8.0, restricted_softmax=0.5)
+
+
+def test_classwise_head_sets_the_output_rows_by_their_holders() -> None:
+    """--classwise-head through the process pool: every round's task asks for label counts,
+    and the run differs from the sample-weighted one only in the output layer (one round from
+    the same start: the same local training, the same mean elsewhere)."""
+    plain = run_simulation(_cfg(workers=2, rounds=1))
+    classwise = run_simulation(_cfg(workers=2, rounds=1, classwise_head=True))
+    *hidden_p, _, b_p = plain.weights
+    *hidden_c, _, b_c = classwise.weights
+    for x, y in zip(hidden_p, hidden_c, strict=True):  # one round: same start, same hidden mean
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(b_p, b_c)
+    assert classwise.summary["federated"]["accuracy"] is not None
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"secure_aggregation": True}, "secure-aggregation"),
+        ({"dp": "client-central", "epsilon": 8.0}, "--dp"),
+        ({"model": {"kind": "autoencoder"}}, "autoencoder"),
+        ({"algorithm": "krum"}, "krum"),
+    ],
+)
+def test_classwise_head_refusals_name_the_conflict(kw: dict[str, object], match: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        _cfg(classwise_head=True, **kw)

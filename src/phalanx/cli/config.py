@@ -79,6 +79,9 @@ class TrainingSection(_Strict):
     local_epochs: int = Field(1, ge=1, le=1000)
     restricted_softmax: float = Field(1.0, ge=0.0, le=1.0)
     """FedRS alpha of the classifier's local training (1: off; models/mlp.py)."""
+    classwise_head: bool = False
+    """Average the classifier's output rows class by class (ADR 0018); needs
+    ``secure_aggregation = false`` and no differential privacy (label counts go in the clear)."""
     seed: int = 0
     params: dict[str, float] = Field(default_factory=dict)
     secure_aggregation: bool = True
@@ -183,6 +186,16 @@ def load_config(path: Path) -> FederationConfig:
             f'{path}: [privacy] mode = "record" cannot train with [training] restricted_softmax'
             " (DP-SGD trains with the plain softmax)",
             hint="remove restricted_softmax, or use client-level DP",
+        )
+    if cfg.training.classwise_head and (
+        cfg.training.secure_aggregation or cfg.privacy.mode != "none"
+    ):
+        raise ConfigError(
+            f"{path}: [training] classwise_head sends each participant's label counts to the"
+            " coordinator in the clear, so it cannot run with secure aggregation or differential"
+            " privacy (they would protect the update but not the counts)",
+            hint='set [training] secure_aggregation = false and [privacy] mode = "none" to'
+            " accept that disclosure, or remove classwise_head",
         )
     state = cfg.state.model_copy(update={"dir": _under(base, cfg.state.dir)})
     return cfg.model_copy(update={"server": server, "state": state})

@@ -86,7 +86,9 @@ class CoordinatorHost:
         self.admins = set(cfg.participants.admins)
         train = cfg.training
         self.model_spec = cfg.model.model_dump(mode="json")
-        params = server_params(self.model_spec, train.algorithm, train.params)
+        params = server_params(
+            self.model_spec, train.algorithm, train.params, classwise_head=train.classwise_head
+        )
         dp_section, algorithm, weight_cap = federation_dp(
             cfg, make_algorithm(train.algorithm, **params)
         )

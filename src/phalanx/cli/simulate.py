@@ -44,6 +44,14 @@ def simulate(
         help="FedRS alpha in [0, 1]: participants scale the logits of classes they do not hold"
         " by it in local training, so label skew does not erase rare classes (1: off).",
     ),
+    classwise_head: bool = typer.Option(
+        False,
+        "--classwise-head",
+        help="Average the classifier's output rows class by class, weighted by each"
+        " participant's count of the class, so a rare class's few holders set its row"
+        " (fedavg/fedprox/fedavgm/fedadam/fedyogi; participants send label counts in the"
+        " clear, so not with --secure-aggregation or --dp).",
+    ),
     server_lr: float | None = typer.Option(
         None, "--server-lr", help="FedAvgM/FedAdam/FedYogi/SCAFFOLD server learning rate."
     ),
@@ -193,6 +201,7 @@ def simulate(
                 algorithm=algorithm,
                 proximal_mu=proximal_mu,
                 restricted_softmax=restricted_softmax,
+                classwise_head=classwise_head,
                 server_lr=server_lr,
                 server_momentum=server_momentum,
                 fraction=fraction,

@@ -13,6 +13,9 @@ config key                meaning
 ``restricted_softmax``    FedRS alpha in [0, 1] (Li and Zhan, KDD 2021): the classifier's logits
                           of locally absent classes are scaled by it in training; 1 (default)
                           disables it
+``class_counts``          non-zero: return the training rows' per-class counts under
+                          ``extras["class_counts"]`` for class-wise averaging of the output
+                          layer (:mod:`phalanx.core.aggregation.classwise`, ADR 0018)
 ``seed``                  read by :func:`build_model`: seeds initialization, shuffling, dropout
 ``dp``                    ``{mode: record, noise_multiplier, clip, ...}``: record-level DP-SGD
                           (Abadi et al., CCS 2016) in :mod:`phalanx.models.dpsgd`; other modes
@@ -35,6 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from phalanx.core.aggregation.classwise import COUNTS_KEY
 from phalanx.core.errors import ConfigError, ModelError
 from phalanx.core.privacy.noise import secure_generator
 from phalanx.core.privacy.spec import DPTaskSpec
@@ -199,6 +203,14 @@ def local_train(
         )
     global_weights = model.get_weights()
     dp = DPTaskSpec.from_config(config)
+    counts_wanted = float(config.get(COUNTS_KEY, 0.0)) != 0.0
+    if counts_wanted and (dp is not None or isinstance(model, AutoencoderDetector)):
+        raise ConfigError(
+            "task config class_counts (class-wise averaging) cannot run "
+            + ("with differential privacy: the counts would leave the organization without"
+               " noise" if dp is not None else "with an autoencoder, which has no classes"),
+            hint="drop classwise_head from the federation's training settings",
+        )  # fmt: skip
     if dp is not None and dp.mode == "record" and alpha != 1.0:
         raise ConfigError(
             "task config restricted_softmax (FedRS) cannot run with record-level DP-SGD",
@@ -241,6 +253,10 @@ def local_train(
     if control is not None and state is not None:
         state[SCAFFOLD_STATE_KEY] = model.last_control_
         extras_out["control_delta"] = model.last_control_delta_
+    if counts_wanted and not isinstance(model, AutoencoderDetector):  # refused above
+        labels = np.asarray(y, dtype=np.int64)
+        counts = np.bincount(labels, minlength=int(model.n_classes))
+        extras_out[COUNTS_KEY] = [counts.astype(np.float32)]
     return model.get_weights(), stats.examples, metrics, extras_out
 
 
@@ -316,17 +332,56 @@ ADAPTIVE_ALGORITHMS = ("fedadam", "fedyogi")
 """Server optimizers whose adaptive step :func:`server_params` limits to a hybrid's classifier."""
 
 
+CLASSWISE_ALGORITHMS = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+"""Server algorithms that can average the output layer class by class (ADR 0018)."""
+
+
 def server_params(
-    spec: Mapping[str, Any], algorithm: str, params: Mapping[str, float]
+    spec: Mapping[str, Any],
+    algorithm: str,
+    params: Mapping[str, float],
+    *,
+    classwise_head: bool = False,
 ) -> dict[str, float]:
-    """The server algorithm's parameters for a model spec: ``params``, plus, for a hybrid
-    detector under FedAdam or FedYogi, ``adaptive_layers`` = its classifier's layer count, so
-    the autoencoder part is averaged plainly (ADR 0016). An explicit ``adaptive_layers`` wins."""
+    """The server algorithm's parameters for a model spec: ``params``, plus
+
+    * for a hybrid detector under FedAdam or FedYogi, ``adaptive_layers`` = its classifier's
+      array count, so the autoencoder part is averaged plainly (ADR 0016);
+    * with ``classwise_head``, ``classwise_layer`` = the index of the classifier's output
+      weight array, whose rows are then averaged class by class (ADR 0018).
+
+    Explicit ``adaptive_layers`` or ``classwise_layer`` entries in ``params`` win.
+
+    Raises
+    ------
+    ConfigError
+        When ``classwise_head`` is asked for an autoencoder or an algorithm outside
+        :data:`CLASSWISE_ALGORITHMS`.
+    """
     out = dict(params)
-    if spec.get("kind") == "hybrid" and algorithm in ADAPTIVE_ALGORITHMS:
-        hybrid = HybridDetector(1)  # the count depends on the hidden widths only
-        if "hidden" in spec:
-            hybrid.hidden = tuple(spec["hidden"])
-        layers = hybrid.classifier_layer_count()
-        out.setdefault("adaptive_layers", float(layers))
+    kind = spec.get("kind", "mlp")
+    hidden = tuple(spec["hidden"]) if "hidden" in spec else MLPClassifier(1).hidden
+    # the classifier's arrays come first (hybrid) or alone (MLP); counts depend on widths only
+    classifier_arrays = (
+        HybridDetector(1, hidden=hidden).classifier_layer_count()
+        if kind == "hybrid"
+        else len(MLPClassifier(1, hidden=hidden).expected_layers())
+    )
+    if kind == "hybrid" and algorithm in ADAPTIVE_ALGORITHMS:
+        out.setdefault("adaptive_layers", float(classifier_arrays))
+    if classwise_head:
+        if kind not in ("mlp", "hybrid"):
+            raise ConfigError(
+                f"class-wise averaging of the output layer needs a classifier; model kind"
+                f" {kind!r} has no classes",
+                hint='use kind "mlp" or "hybrid", or drop classwise_head',
+            )
+        if algorithm not in CLASSWISE_ALGORITHMS:
+            raise ConfigError(
+                f"class-wise averaging of the output layer does not apply to algorithm"
+                f" {algorithm!r}; it works with {', '.join(CLASSWISE_ALGORITHMS)}",
+                hint="SCAFFOLD's control variates and the robust rules' medians and scores"
+                " assume every update counts the same for every row",
+            )
+        out.setdefault("classwise_layer", float(classifier_arrays - 2))
     return out

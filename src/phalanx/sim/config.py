@@ -63,6 +63,8 @@ class SimConfig(BaseModel):
     proximal_mu: float = Field(0.01, ge=0.0)
     restricted_softmax: float = Field(1.0, ge=0.0, le=1.0)
     """FedRS alpha for the classifier's local training (1: off); models/mlp.py."""
+    classwise_head: bool = False
+    """Average the classifier's output rows class by class (ADR 0018)."""
     server_lr: float | None = Field(None, gt=0.0)
     server_momentum: float = Field(0.9, ge=0.0, lt=1.0)
     fraction: float = Field(1.0, gt=0.0, le=1.0)
@@ -117,6 +119,25 @@ class SimConfig(BaseModel):
                 "--restricted-softmax (FedRS) is not supported with record-level DP (--dp"
                 " record): DP-SGD trains with the plain softmax; drop one of them"
             )
+        if self.classwise_head:
+            from phalanx.models.federated import CLASSWISE_ALGORITHMS
+
+            if self.secure_aggregation or self.dp != "none":
+                raise ValueError(
+                    "--classwise-head sends each participant's label counts in the clear, so it"
+                    " cannot run with --secure-aggregation or --dp (the masking or noise would"
+                    " protect the update but not the counts); drop one of them"
+                )
+            if self.model.kind == "autoencoder":
+                raise ValueError(
+                    "--classwise-head averages a classifier's output rows; --model autoencoder"
+                    " has none (use mlp or hybrid)"
+                )
+            if self.algorithm not in CLASSWISE_ALGORITHMS:
+                raise ValueError(
+                    f"--classwise-head does not apply to --algorithm {self.algorithm}; it works"
+                    f" with {', '.join(CLASSWISE_ALGORITHMS)}"
+                )
         return self
 
     @field_validator("attack")

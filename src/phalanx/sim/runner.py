@@ -209,7 +209,12 @@ def run_simulation(
     )
     algorithm = make_algorithm(
         cfg.algorithm,
-        **server_params(cfg.model.model_dump(mode="json"), cfg.algorithm, algorithm_params(cfg)),
+        **server_params(
+            cfg.model.model_dump(mode="json"),
+            cfg.algorithm,
+            algorithm_params(cfg),
+            classwise_head=cfg.classwise_head,
+        ),
     )
     root_rows = robustness.bind_fltrust_root(algorithm, cfg, data, tconf, lambda: fed.transform)
     fed = Federation(
