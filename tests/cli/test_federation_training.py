@@ -72,7 +72,7 @@ def test_fedrs_with_record_level_dp_is_refused(tmp_path: Path) -> None:
 def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> None:
     path = _config(
         tmp_path,
-        'algorithm = "fedadam"\nclasswise_head = true\nsecure_aggregation = false',
+        'algorithm = "fedadam"\nclasswise_head = true',
         'kind = "hybrid"\nhidden = [32, 16]',
     )
     host = CoordinatorHost(load_config(path))
@@ -85,8 +85,9 @@ def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> N
         host.store.close()
 
 
-def test_classwise_head_with_secure_aggregation_is_refused(tmp_path: Path) -> None:
-    path = _config(tmp_path, "classwise_head = true", "")  # secure aggregation is on by default
+def test_classwise_head_with_dp_is_refused(tmp_path: Path) -> None:
+    path = _config(tmp_path, "classwise_head = true", "")
+    path.write_text(path.read_text() + '\n[privacy]\nmode = "client-central"\nepsilon = 8.0\n')
     with pytest.raises(ConfigError, match="classwise_head") as err:
         load_config(path)
-    assert "secure_aggregation = false" in str(err.value.hint)
+    assert "remove classwise_head" in str(err.value.hint)

@@ -60,7 +60,7 @@ def test_counts_proportional_to_the_sample_weights_give_fedavg(rng: np.random.Ge
         ([1.0, 2.0], 5, "shape \\(2,\\); expected \\(4,\\)"),
         ([1.0, -1.0, 0.0, 0.0], 5, "negative or non-finite"),
         ([1.0, np.nan, 0.0, 0.0], 5, "negative or non-finite"),
-        ([3.0, 3.0, 0.0, 0.0], 5, "sums to 6 rows but the update reports 5"),
+        ([4.0, 3.0, 0.0, 0.0], 5, "sums to 7 rows but the update reports 5"),
     ],
 )
 def test_bad_counts_name_the_participant(
@@ -111,3 +111,38 @@ def test_fedadam_steps_from_the_class_wise_mean(rng: np.random.Generator) -> Non
     plain = FedAdam(server_lr=0.1).aggregate(g, ups)
     classwise = FedAdam(server_lr=0.1, classwise_layer=2).aggregate(g, ups)
     assert plain[3][1] < g[3][1] < classwise[3][1]
+
+
+def test_a_secure_sum_gives_the_class_wise_rows_and_each_buckets_counts(
+    rng: np.random.Generator,
+) -> None:
+    """Under secure aggregation the output rows ride in the masked vector, scaled by each
+    participant's per-class weight: the decoded bucket equals the plain class-wise mean, and its
+    per-class weights are the bucket's rows per class over the weight cap."""
+    from phalanx.core.secagg.params import InstanceParams
+    from phalanx.core.secagg.vectors import decode_fit, encode_fit, fit_length
+
+    g = model(rng)
+    a = [(x + rng.standard_normal(x.shape)).astype(np.float32) for x in g]
+    b = [(x + rng.standard_normal(x.shape)).astype(np.float32) for x in g]
+    counts = {"a": [10.0, 0.0, 5.0, 0.0], "b": [30.0, 4.0, 0.0, 0.0]}
+    length = fit_length(g, 2)
+    assert length == sum(x.size for x in g) + 1 + N_CLASSES * (5 + 1) + N_CLASSES
+    params = InstanceParams(
+        "r1-fit-cw", "fit", ((ParticipantId("a"), ParticipantId("b")),), 1, 0, 32, 2.0**16,
+        100.0, 100, length, classwise_layer=2,
+    )  # fmt: skip
+    words = [
+        encode_fit(params, w, g, int(sum(counts[p])), None, np.array(counts[p]))
+        for p, w in (("a", a), ("b", b))
+    ]
+    total = (words[0].astype(np.uint64) + words[1]).astype(np.uint32)  # the ring sum
+    decoded = decode_fit(params, total, g)
+    assert decoded is not None and decoded.class_weights is not None
+    np.testing.assert_allclose(decoded.class_weights * 100, [40, 4, 5, 0], atol=1e-3)
+    ups = [update(a, counts["a"], "a"), update(b, counts["b"], "b")]
+    expected = FedAvg(classwise_layer=2).aggregate(g, ups)
+    for x, y in zip(decoded.weights, expected, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-3)
+    with pytest.raises(Exception, match="no class counts"):
+        encode_fit(params, a, g, 15, None)

@@ -212,10 +212,9 @@ def test_updates_are_clipped_to_the_bound_before_encoding() -> None:
     g = [np.zeros((2, 2), np.float32)]
     words = encode_fit(params, [np.full((2, 2), 10.0, np.float32)], g, 100, None)
     decoded = decode_fit(params, words, g)
-    assert decoded is not None
-    new, weight = decoded
-    assert weight == 1.0
-    assert np.linalg.norm(new[0]) == pytest.approx(1.0, abs=1e-4)
+    assert decoded is not None and decoded.class_weights is None
+    assert decoded.weight == 1.0
+    assert np.linalg.norm(decoded.weights[0]) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(SecAggError, match="layer shapes"):
         encode_fit(params, [np.zeros(3, np.float32)], g, 1, None)
 

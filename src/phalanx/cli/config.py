@@ -80,8 +80,8 @@ class TrainingSection(_Strict):
     restricted_softmax: float = Field(1.0, ge=0.0, le=1.0)
     """FedRS alpha of the classifier's local training (1: off; models/mlp.py)."""
     classwise_head: bool = False
-    """Average the classifier's output rows class by class (ADR 0018); needs
-    ``secure_aggregation = false`` and no differential privacy (label counts go in the clear)."""
+    """Average the classifier's output rows class by class (ADR 0018); not with differential
+    privacy. Under secure aggregation the coordinator learns each bucket's rows per class."""
     seed: int = 0
     params: dict[str, float] = Field(default_factory=dict)
     secure_aggregation: bool = True
@@ -187,15 +187,12 @@ def load_config(path: Path) -> FederationConfig:
             " (DP-SGD trains with the plain softmax)",
             hint="remove restricted_softmax, or use client-level DP",
         )
-    if cfg.training.classwise_head and (
-        cfg.training.secure_aggregation or cfg.privacy.mode != "none"
-    ):
+    if cfg.training.classwise_head and cfg.privacy.mode != "none":
         raise ConfigError(
-            f"{path}: [training] classwise_head sends each participant's label counts to the"
-            " coordinator in the clear, so it cannot run with secure aggregation or differential"
-            " privacy (they would protect the update but not the counts)",
-            hint='set [training] secure_aggregation = false and [privacy] mode = "none" to'
-            " accept that disclosure, or remove classwise_head",
+            f"{path}: [training] classwise_head cannot run with [privacy] mode ="
+            f" {cfg.privacy.mode!r}: the per-class weights of the output layer would leave each"
+            " participant without noise",
+            hint='remove classwise_head, or set [privacy] mode = "none"',
         )
     state = cfg.state.model_copy(update={"dir": _under(base, cfg.state.dir)})
     return cfg.model_copy(update={"server": server, "state": state})

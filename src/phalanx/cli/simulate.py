@@ -49,8 +49,8 @@ def simulate(
         "--classwise-head",
         help="Average the classifier's output rows class by class, weighted by each"
         " participant's count of the class, so a rare class's few holders set its row"
-        " (fedavg/fedprox/fedavgm/fedadam/fedyogi; participants send label counts in the"
-        " clear, so not with --secure-aggregation or --dp).",
+        " (fedavg/fedprox/fedavgm/fedadam/fedyogi; not with --dp; with"
+        " --secure-aggregation the coordinator learns each bucket's rows per class).",
     ),
     server_lr: float | None = typer.Option(
         None, "--server-lr", help="FedAvgM/FedAdam/FedYogi/SCAFFOLD server learning rate."

@@ -203,7 +203,9 @@ class Federation:
             }
             req = StageRequest(r, Stage.FIT, tasks, min_replies=self.plan.min_participants)
             if self._secure is not None:
-                self._secure.start(r, "fit", tasks, fit_length(self.weights))
+                classwise = int(getattr(self.algorithm, "classwise_layer", -1))
+                length = fit_length(self.weights, classwise)
+                self._secure.start(r, "fit", tasks, length, classwise)
                 req = self._secure_request()
             elif tasks and getattr(self.algorithm, "streamable", False) is True:
                 self._stream = FitStream(

@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from phalanx.core.aggregation.classwise import COUNTS_KEY
 from phalanx.core.errors import PhalanxError, ProtocolError
 from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.secagg import vectors
@@ -135,7 +136,11 @@ class SecureAggregation:
             rng = self.rng or np.random.default_rng(
                 np.random.SeedSequence([int(task.config.get("seed", 0)), 0x5EC])
             )
-            words = vectors.encode_fit(params, plain.arrays, task.weights, plain.num_examples, rng)
+            counts = plain.extras.get(COUNTS_KEY)  # class-wise averaging (ADR 0018)
+            words = vectors.encode_fit(
+                params, plain.arrays, task.weights, plain.num_examples, rng,
+                None if counts is None else counts[0],
+            )  # fmt: skip
         else:
             if len(plain.arrays) != 1:
                 raise ProtocolError(f"statistics reply holds {len(plain.arrays)} arrays, not 1")

@@ -122,11 +122,10 @@ class SimConfig(BaseModel):
         if self.classwise_head:
             from phalanx.models.federated import CLASSWISE_ALGORITHMS
 
-            if self.secure_aggregation or self.dp != "none":
+            if self.dp != "none":
                 raise ValueError(
-                    "--classwise-head sends each participant's label counts in the clear, so it"
-                    " cannot run with --secure-aggregation or --dp (the masking or noise would"
-                    " protect the update but not the counts); drop one of them"
+                    "--classwise-head cannot run with --dp: the per-class weights of the output"
+                    " layer would leave each participant without noise; drop one of them"
                 )
             if self.model.kind == "autoencoder":
                 raise ValueError(

@@ -15,9 +15,13 @@ keeps the push-down that stops the model predicting classes nobody has).
 
 Label-aware aggregation such as FedLA (Khalil et al., 2023) or FedPALS (Listo Zec et al., 2024)
 weighs whole updates by their label distributions; here the weighting is per output row, and
-only the output layer's. Participants send their label counts
-in the clear (``extras["class_counts"]``), so it is refused with secure aggregation and with
-differential privacy, where those counts would leak what the masking or noise protects.
+only the output layer's.
+
+Without secure aggregation each participant sends its label counts in the clear
+(``extras["class_counts"]``). Under secure aggregation they go inside the masked vector
+(:mod:`phalanx.core.secagg.vectors`), so the coordinator learns each bucket's rows per class,
+never a participant's; each bucket's pseudo-update then arrives with those totals as its
+counts. Differential privacy refuses it: the per-class weights would need noise of their own.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def class_counts(update: Update, n_classes: int) -> np.ndarray:
         )
     if not np.all(np.isfinite(counts)) or np.any(counts < 0):
         raise AggregationError(f"{who}: extras['{COUNTS_KEY}'] holds negative or non-finite counts")
-    if counts.sum() > max(update.num_examples, 0) + 0.5:
+    if counts.sum() > max(update.num_examples, 0) + 1.0:  # a secure sum's rounding
         raise AggregationError(
             f"{who}: extras['{COUNTS_KEY}'] sums to {counts.sum():g} rows but the update"
             f" reports {update.num_examples} training examples",

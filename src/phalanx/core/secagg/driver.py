@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from phalanx.core.aggregation.classwise import COUNTS_KEY
 from phalanx.core.errors import ProtocolError, RoundError, SecAggError
 from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.secagg import vectors
@@ -60,12 +61,19 @@ class SecureDriver:
         self._metrics: list[dict[str, float]] = []
 
     def start(
-        self, round_id: int, kind: Kind, tasks: Mapping[ParticipantId, Task], length: int
+        self,
+        round_id: int,
+        kind: Kind,
+        tasks: Mapping[ParticipantId, Task],
+        length: int,
+        classwise_layer: int = -1,
     ) -> None:
-        """Begin a secure aggregation in place of the plain stage of ``tasks``."""
+        """Begin a secure aggregation in place of the plain stage of ``tasks``
+        (``classwise_layer``: see :class:`~phalanx.core.secagg.params.InstanceParams`)."""
         self.running = SecureRound(
-            round_id, kind, sorted(tasks), self.settings, self.crypto, self.rng, tasks, length
-        )
+            round_id, kind, sorted(tasks), self.settings, self.crypto, self.rng, tasks, length,
+            classwise_layer,
+        )  # fmt: skip
         self._refused, self._metrics = {}, []
 
     def request(self, min_participants: int) -> tuple[int, Stage, dict[ParticipantId, Task], int]:
@@ -126,15 +134,20 @@ class SecureDriver:
             decoded = vectors.decode_fit(run.params, bucket.words, global_weights)
             if decoded is None:
                 continue
-            weights, total_weight = decoded
             members.extend(bucket.members)
+            cap = run.params.weight_cap
+            extras: dict[str, Weights] = {}
+            if decoded.class_weights is not None:  # the bucket's rows per class, for the algorithm
+                counts = np.clip(decoded.class_weights * cap, 0.0, None)
+                extras[COUNTS_KEY] = [counts.astype(np.float32)]
             updates.append(
                 Update(
                     participant=ParticipantId(f"bucket-{i + 1}"),
                     round=run.round,
-                    weights=weights,
-                    num_examples=max(1, round(total_weight * run.params.weight_cap)),
+                    weights=decoded.weights,
+                    num_examples=max(1, round(decoded.weight * cap)),
                     schema_hash=schema_hash,
+                    extras=extras,
                 )
             )
         if not updates:

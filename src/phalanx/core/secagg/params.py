@@ -116,6 +116,9 @@ class InstanceParams:
         See :class:`SecAggSettings`.
     length:
         Ring words of every contributed vector.
+    classwise_layer:
+        For ``"fit"``: index of the output weight array whose rows are also summed class by
+        class (class-wise averaging, ADR 0018; :mod:`~phalanx.core.secagg.vectors`); -1: off.
     """
 
     instance: str
@@ -128,6 +131,7 @@ class InstanceParams:
     bound: float
     weight_cap: int
     length: int
+    classwise_layer: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready form sent in the task config."""
@@ -142,6 +146,7 @@ class InstanceParams:
             "bound": self.bound,
             "weight_cap": self.weight_cap,
             "length": self.length,
+            **({"classwise_layer": self.classwise_layer} if self.classwise_layer >= 0 else {}),
         }
 
     @classmethod
@@ -165,6 +170,7 @@ class InstanceParams:
                 bound=float(raw["bound"]),
                 weight_cap=int(raw["weight_cap"]),
                 length=int(raw["length"]),
+                classwise_layer=int(raw.get("classwise_layer", -1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed secure-aggregation parameters: {exc}") from None

@@ -102,6 +102,8 @@ class SecureRound:
         (seeds) are kept.
     length:
         Ring words of each contribution.
+    classwise_layer:
+        ``"fit"``: the output weight array also summed class by class (-1: none).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class SecureRound:
         rng: np.random.Generator,
         base: Mapping[ParticipantId, Task],
         length: int,
+        classwise_layer: int = -1,
     ) -> None:
         buckets = split_buckets(sampled, settings, rng)
         largest = max(len(b) for b in buckets)
@@ -137,6 +140,7 @@ class SecureRound:
             bound=settings.clip_norm,
             weight_cap=settings.weight_cap,
             length=length,
+            classwise_layer=classwise_layer,
         )
         self.round = round_id
         self.base = dict(base)

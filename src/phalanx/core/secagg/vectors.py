@@ -11,6 +11,14 @@ overflow. A bucket sum gives ``sum_i w_i delta_i`` and ``sum_i w_i``; their quot
 weighted mean delta, and ``w_global + mean`` is the bucket's pseudo-update, weighted by
 ``sum_i w_i * weight_cap`` examples. Individual example counts are never revealed.
 
+With class-wise averaging of the output layer (ADR 0018, ``classwise_layer >= 0``) the vector
+goes on with the output layer's clipped delta once more, row ``c`` (its weights and its bias)
+scaled by ``v_ic = w_i * n_ic / n_i``, and then the ``v_ic``: a bucket sum gives
+``sum_i v_ic delta_ic`` and ``sum_i v_ic`` per class, so row ``c`` of the pseudo-update is the
+mean over the class's holders (the plain weighted mean where the bucket holds none). The
+coordinator learns each bucket's rows per class (``sum_i v_ic * weight_cap``), never a
+participant's.
+
 Feature statistics (``kind = "stats"``): the additive vector of
 :meth:`~phalanx.core.features.stats.FeatureStats.to_vector` in the wide 128-bit fixed point of
 :func:`~phalanx.core.secagg.encoding.encode_wide` (``2^-24`` steps: counts stay exact, sums and
@@ -18,6 +26,8 @@ sums of squares are exact to ``2^-24`` per participant).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,9 +38,46 @@ from phalanx.core.secagg.params import InstanceParams
 from phalanx.core.types import Weights
 
 
-def fit_length(weights: Weights) -> int:
-    """Ring words of a model-update contribution: every parameter plus the weight."""
-    return int(sum(int(np.size(w)) for w in weights)) + 1
+def fit_length(weights: Weights, classwise_layer: int = -1) -> int:
+    """Ring words of a model-update contribution: every parameter plus the weight, and with
+    ``classwise_layer >= 0`` the output layer's rows and one weight per class again."""
+    n = int(sum(int(np.size(w)) for w in weights)) + 1
+    if classwise_layer >= 0:
+        classes, n_in = _output_shape(weights, classwise_layer)
+        n += classes * (n_in + 1) + classes
+    return n
+
+
+def _output_shape(weights: Weights, layer: int) -> tuple[int, int]:
+    """``(n_classes, n_in)`` of the output layer at ``layer`` (its bias at ``layer + 1``)."""
+    if not 0 <= layer < len(weights) - 1:
+        raise SecAggError(f"class-wise layer {layer} is outside a model of {len(weights)} arrays")
+    shape = np.shape(weights[layer])
+    if len(shape) != 2 or np.shape(weights[layer + 1]) != (shape[0],):
+        raise SecAggError(
+            f"class-wise layer {layer} has shape {shape} and bias"
+            f" {np.shape(weights[layer + 1])}; expected (n_classes, n_in) and (n_classes,)"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _output_rows(delta: NDArray[np.float64], weights: Weights, layer: int) -> NDArray[np.float64]:
+    """The output layer's slice of the flat ``delta`` as rows ``[W[c], b[c]]``."""
+    classes, n_in = _output_shape(weights, layer)
+    start = int(sum(int(np.size(w)) for w in weights[:layer]))
+    w = delta[start : start + classes * n_in].reshape(classes, n_in)
+    b = delta[start + classes * n_in : start + classes * (n_in + 1)].reshape(classes, 1)
+    return np.concatenate([w, b], axis=1)
+
+
+def _set_output_rows(
+    mean: NDArray[np.float64], rows: NDArray[np.float64], weights: Weights, layer: int
+) -> None:
+    """Write rows ``[W[c], b[c]]`` back into the flat ``mean`` (inverse of _output_rows)."""
+    classes, n_in = _output_shape(weights, layer)
+    start = int(sum(int(np.size(w)) for w in weights[:layer]))
+    mean[start : start + classes * n_in] = rows[:, :n_in].ravel()
+    mean[start + classes * n_in : start + classes * (n_in + 1)] = rows[:, n_in]
 
 
 def stats_length(vector_length: int) -> int:
@@ -49,10 +96,12 @@ def encode_fit(
     global_weights: Weights,
     num_examples: int,
     rng: np.random.Generator | None,
+    class_counts: NDArray[np.floating] | None = None,
 ) -> NDArray[np.unsignedinteger]:
     """The ring words a participant contributes for a trained model (see the module docstring).
 
-    ``rng`` drives stochastic rounding (``None``: nearest).
+    ``rng`` drives stochastic rounding (``None``: nearest). ``class_counts`` (the training rows
+    per class) is required when the instance averages the output layer class by class.
     """
     if [np.shape(a) for a in local] != [np.shape(g) for g in global_weights]:
         raise SecAggError("the trained weights do not have the global model's layer shapes")
@@ -70,6 +119,21 @@ def encode_fit(
         delta *= params.bound / norm
     weight = min(max(num_examples, 0) / params.weight_cap, 1.0)
     values = np.append(weight * delta, weight)
+    if params.classwise_layer >= 0:
+        classes, _ = _output_shape(global_weights, params.classwise_layer)
+        counts = None if class_counts is None else np.asarray(class_counts, np.float64)
+        if counts is None or counts.shape != (classes,):
+            raise SecAggError(
+                f"instance {params.instance} averages the output layer class by class but local"
+                f" training returned {'no' if counts is None else f'{counts.shape}-shaped'} class"
+                f" counts; expected {classes}",
+                hint="the task config must carry class_counts (the algorithm asks for it)",
+            )
+        if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+            raise SecAggError("the class counts hold negative or non-finite values")
+        v = weight * counts / counts.sum() if counts.sum() > 0 else np.zeros(classes)
+        rows = v[:, None] * _output_rows(delta, global_weights, params.classwise_layer)
+        values = np.concatenate([values, rows.ravel(), v])
     if values.size != params.length:
         raise SecAggError(
             f"the model update has {values.size} words, instance {params.instance} expects"
@@ -79,15 +143,36 @@ def encode_fit(
     return enc.to_ring(enc.encode(values, rng))
 
 
+@dataclass(frozen=True)
+class FitSum:
+    """A bucket's decoded sum: its pseudo-update ``w_global + mean delta``, its total weight
+    ``sum_i w_i`` and, under class-wise averaging, its weight per class ``sum_i v_ic``."""
+
+    weights: Weights
+    weight: float
+    class_weights: NDArray[np.float64] | None = None
+
+
 def decode_fit(
     params: InstanceParams, total: NDArray[np.unsignedinteger], global_weights: Weights
-) -> tuple[Weights, float] | None:
-    """The bucket pseudo-update ``(w_global + mean delta, total weight)``; None if weightless."""
+) -> FitSum | None:
+    """The bucket's pseudo-update and weights (:class:`FitSum`); None if weightless."""
     values = fixed_point(params).decode_sum(total)
-    weight = float(values[-1])
+    n_params = int(sum(int(np.size(g)) for g in global_weights))
+    weight = float(values[n_params])
     if weight <= 0:
         return None
-    mean = values[:-1] / weight
+    mean = values[:n_params] / weight
+    class_weights = None
+    if params.classwise_layer >= 0:
+        classes, n_in = _output_shape(global_weights, params.classwise_layer)
+        tail = values[n_params + 1 :]
+        rows = tail[: classes * (n_in + 1)].reshape(classes, n_in + 1)
+        class_weights = np.clip(tail[classes * (n_in + 1) :], 0.0, None)
+        held = class_weights * params.weight_cap >= 0.5  # at least half a row: a holder
+        merged = _output_rows(mean, global_weights, params.classwise_layer)
+        merged[held] = rows[held] / class_weights[held, None]
+        _set_output_rows(mean, merged, global_weights, params.classwise_layer)
     out: Weights = []
     offset = 0
     for g in global_weights:
@@ -95,7 +180,7 @@ def decode_fit(
         step = mean[offset : offset + size].reshape(np.shape(g))
         out.append((np.asarray(g, np.float64) + step).astype(np.float32))
         offset += size
-    return out, weight
+    return FitSum(out, weight, class_weights)
 
 
 def encode_stats(
