@@ -6,12 +6,14 @@ settings behind them are documented in ``docs/results.md``.
 The issue's NSL-KDD binary goal (>= 0.82 on KDDTest+) is asserted for the NSL-KDD recipe
 (docs/results.md): the hybrid detector (``--model hybrid``) with a classifier trained locally by
 SGD (lr 0.05, momentum 0.9; ADR 0017) and an Adam autoencoder with ten passes per round,
-averaged plainly under FedAdam (ADR 0016). Its second goal (macro-F1 within 2 points of the
-centralized model) is not met and not asserted: the gap is 3.7-4.4 points at seeds 0-1, the
-``web-attack`` class (two test rows) and ``exploit``. What holds on every seed measured is
-asserted too: the federated model beats the mean local-only model, its binary accuracy stays
-within 2 points of the centralized model's, and the hybrid's anomaly part raises it above its
-own classifier's.
+averaged plainly under FedAdam (ADR 0016), and, in the full recipe, the classifier's output
+rows averaged class by class (ADR 0018). Its second goal (macro-F1 within 2 points of the
+centralized model) is met at seed 0 only with the full recipe (gap -1.2 points; -4.1 and -7.2
+at seeds 1 and 2: the ``web-attack`` class, two test rows, and ``exploit``); the seed-0 gap and
+its narrowing by class-wise averaging are asserted, not the goal in general. What holds on every
+seed measured is asserted too: the federated model beats the mean local-only model, its binary
+accuracy stays within 2 points of the centralized model's, and the hybrid's anomaly part raises
+it above its own classifier's.
 
 Every run: 10 participants, Dirichlet(0.5) label skew, 20 rounds of one local epoch, FedAdam
 (Reddi et al., ICLR 2021) with its default server learning rate, the default MLP. The baselines
@@ -113,6 +115,35 @@ def test_nsl_kdd_hybrid_catches_what_its_classifier_misses(
     assert fed["binary"]["detection_rate"] > classifier["detection_rate"] + 0.03
     assert _binary_accuracy(fed) >= 0.82
     assert nsl_kdd_hybrid["thresholds"]["anomaly_fpr"] == 0.01
+
+
+@pytest.fixture(scope="module")
+def nsl_kdd_recipe(datasets: Path) -> dict[str, Any]:
+    """The full NSL-KDD recipe: the hybrid above plus class-wise output averaging (ADR 0018)."""
+    root = datasets / "nsl-kdd"
+    spec = ModelSpec(
+        kind="hybrid", anomaly_fpr=0.01, optimizer="sgd", lr=0.05, momentum=0.9,
+        ae_optimizer="adam", ae_lr=1e-3, ae_epochs=10,
+    )  # fmt: skip
+    cfg = _config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", spec)
+    return _summary(cfg.model_copy(update={"classwise_head": True}))
+
+
+def test_nsl_kdd_classwise_averaging_narrows_the_macro_f1_gap(
+    nsl_kdd_hybrid: dict[str, Any], nsl_kdd_recipe: dict[str, Any]
+) -> None:
+    """Same seed, same centralized model: averaging the output rows class by class narrows the
+    federated-centralized macro-F1 gap (-3.7 -> -1.2 points at seed 0; at seeds 1-2 it is
+    still -4.1 and -7.2, docs/results.md) and keeps the binary goal."""
+    cen = nsl_kdd_recipe["centralized"]["macro_f1"]
+    assert cen == nsl_kdd_hybrid["centralized"]["macro_f1"]
+    gap = nsl_kdd_recipe["federated"]["macro_f1"] - cen
+    assert gap > nsl_kdd_hybrid["federated"]["macro_f1"] - cen
+    assert gap >= -0.02
+    assert _binary_accuracy(nsl_kdd_recipe["federated"]) >= 0.82
+    assert (
+        nsl_kdd_recipe["federated"]["macro_f1"] > nsl_kdd_recipe["local_only"]["mean"]["macro_f1"]
+    )
 
 
 def test_nsl_kdd_hybrid_federated_beats_local_only(nsl_kdd_hybrid: dict[str, Any]) -> None:
