@@ -93,14 +93,22 @@ def test_nsl_kdd_summary_reports_the_calibrated_operating_point(nsl_kdd: dict[st
         assert fed["fpr"] >= nsl_kdd["federated"]["binary"]["fpr"]
 
 
+HYBRID_RECIPE = ModelSpec(
+    kind="hybrid", anomaly_fpr=0.01, optimizer="sgd", lr=0.05, momentum=0.9,
+    ae_optimizer="adam", ae_lr=1e-3, ae_epochs=10,
+)  # fmt: skip
+"""The NSL-KDD recipe's model (ADR 0016, 0017)."""
+
+
+def _nsl_kdd_recipe(datasets: Path, classwise_head: bool) -> dict[str, Any]:
+    root = datasets / "nsl-kdd"
+    cfg = _config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", HYBRID_RECIPE)
+    return _summary(cfg.model_copy(update={"classwise_head": classwise_head}))
+
+
 @pytest.fixture(scope="module")
 def nsl_kdd_hybrid(datasets: Path) -> dict[str, Any]:
-    root = datasets / "nsl-kdd"
-    spec = ModelSpec(
-        kind="hybrid", anomaly_fpr=0.01, optimizer="sgd", lr=0.05, momentum=0.9,
-        ae_optimizer="adam", ae_lr=1e-3, ae_epochs=10,
-    )  # fmt: skip
-    return _summary(_config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", spec))
+    return _nsl_kdd_recipe(datasets, classwise_head=False)
 
 
 def test_nsl_kdd_hybrid_catches_what_its_classifier_misses(
@@ -120,13 +128,7 @@ def test_nsl_kdd_hybrid_catches_what_its_classifier_misses(
 @pytest.fixture(scope="module")
 def nsl_kdd_recipe(datasets: Path) -> dict[str, Any]:
     """The full NSL-KDD recipe: the hybrid above plus class-wise output averaging (ADR 0018)."""
-    root = datasets / "nsl-kdd"
-    spec = ModelSpec(
-        kind="hybrid", anomaly_fpr=0.01, optimizer="sgd", lr=0.05, momentum=0.9,
-        ae_optimizer="adam", ae_lr=1e-3, ae_epochs=10,
-    )  # fmt: skip
-    cfg = _config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", spec)
-    return _summary(cfg.model_copy(update={"classwise_head": True}))
+    return _nsl_kdd_recipe(datasets, classwise_head=True)
 
 
 def test_nsl_kdd_classwise_averaging_narrows_the_macro_f1_gap(
