@@ -134,7 +134,7 @@ def test_fedrs_with_record_level_dp_is_refused() -> None:
         _cfg(dp="record", epsilon=8.0, restricted_softmax=0.5)
 
 
-def test_classwise_head_sets_the_output_rows_by_their_holders() -> None:
+def test_classwise_head_through_the_pool_and_secure_aggregation() -> None:
     """--classwise-head through the process pool: every round's task asks for label counts,
     and the run differs from the sample-weighted one only in the output layer (one round from
     the same start: the same local training, the same mean elsewhere)."""

@@ -138,8 +138,7 @@ class SecureDriver:
             cap = run.params.weight_cap
             extras: dict[str, Weights] = {}
             if decoded.class_weights is not None:  # the bucket's rows per class, for the algorithm
-                counts = np.clip(decoded.class_weights * cap, 0.0, None)
-                extras[COUNTS_KEY] = [counts.astype(np.float32)]
+                extras[COUNTS_KEY] = [(decoded.class_weights * cap).astype(np.float32)]
             updates.append(
                 Update(
                     participant=ParticipantId(f"bucket-{i + 1}"),
