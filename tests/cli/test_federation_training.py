@@ -5,6 +5,8 @@ server step off its autoencoder (ADR 0016)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,14 +30,23 @@ def _config(root: Path, training: str, model: str) -> Path:
     return path
 
 
+@contextmanager
+def _host(path: Path) -> Iterator[CoordinatorHost]:
+    """The coordinator host ``path`` configures, its store closed afterwards."""
+    host = CoordinatorHost(load_config(path))
+    try:
+        yield host
+    finally:
+        host.store.close()
+
+
 def test_hybrid_under_fedadam_with_fedrs(tmp_path: Path) -> None:
     path = _config(
         tmp_path,
         'algorithm = "fedadam"\nrestricted_softmax = 0.5',
         'kind = "hybrid"\nhidden = [32, 16]\nae_epochs = 10',
     )
-    host = CoordinatorHost(load_config(path))
-    try:
+    with _host(path) as host:
         algo = host.federation.algorithm
         assert isinstance(algo, FedAdam)
         hybrid = build_model({"kind": "hybrid", "hidden": [32, 16]}, 8, {"seed": 0})
@@ -44,17 +55,12 @@ def test_hybrid_under_fedadam_with_fedrs(tmp_path: Path) -> None:
         config = host.federation.plan.train_config
         assert config["restricted_softmax"] == 0.5
         assert config["model"]["ae_epochs"] == 10
-    finally:
-        host.store.close()
 
 
 def test_defaults_send_no_fedrs_and_keep_every_layer_adaptive(tmp_path: Path) -> None:
-    host = CoordinatorHost(load_config(_config(tmp_path, 'algorithm = "fedadam"', "")))
-    try:
+    with _host(_config(tmp_path, 'algorithm = "fedadam"', "")) as host:
         assert "restricted_softmax" not in host.federation.plan.train_config
         assert host.federation.algorithm.adaptive_layers == 0  # type: ignore[attr-defined]
-    finally:
-        host.store.close()
 
 
 def test_a_bad_fedrs_alpha_is_named(tmp_path: Path) -> None:
@@ -75,14 +81,11 @@ def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> N
         'algorithm = "fedadam"\nclasswise_head = true',
         'kind = "hybrid"\nhidden = [32, 16]',
     )
-    host = CoordinatorHost(load_config(path))
-    try:
+    with _host(path) as host:
         algo = host.federation.algorithm
         assert isinstance(algo, FedAdam)
         assert algo.classwise_layer == 4 and algo.adaptive_layers == 6
         assert algo.task_config() == {"class_counts": 1.0}
-    finally:
-        host.store.close()
 
 
 def test_classwise_head_with_dp_is_refused(tmp_path: Path) -> None:
