@@ -219,6 +219,29 @@ def test_updates_are_clipped_to_the_bound_before_encoding() -> None:
         encode_fit(params, [np.zeros(3, np.float32)], g, 1, None)
 
 
+def test_uniform_weights_divide_by_the_member_count_not_the_noisy_weight_word() -> None:
+    """Distributed DP (weight_cap 1) puts noise shares on the weight word too: the bucket mean
+    divides by the public member count, so noise that drives the word to zero or below neither
+    fails the round nor rescales the mean."""
+    from phalanx.core.secagg.vectors import decode_fit, encode_fit
+
+    members = (IDS[0], IDS[1], IDS[2])
+    params = InstanceParams("r1-fit-u", "fit", (members,), 1, 0, 32, 2.0**16, 1.0, 1, 5)
+    g = [np.zeros((2, 2), np.float32)]
+    deltas = [np.full((2, 2), v, np.float32) for v in (0.1, 0.2, 0.3)]
+    total = sum(encode_fit(params, [d], g, 50, None).astype(np.uint64) for d in deltas)
+    noisy = np.asarray(total, np.uint64)
+    noisy[4] = (int(noisy[4]) - int(3.5 * 2.0**16)) % 2**32  # weight word: 3 - 3.5 < 0
+    noisy = (noisy % 2**32).astype(np.uint32)
+    assert decode_fit(params, noisy, g) is None  # the word alone says "weightless"
+    decoded = decode_fit(params, noisy, g, members=3)
+    assert decoded is not None and decoded.weight == 3.0
+    np.testing.assert_allclose(decoded.weights[0], np.full((2, 2), 0.2), atol=1e-4)
+    capped = InstanceParams("r1-fit-w", "fit", (members,), 1, 0, 32, 2.0**16, 1.0, 100, 5)
+    words = encode_fit(capped, [deltas[0]], g, 50, None)
+    assert decode_fit(capped, words, g, members=3).weight == pytest.approx(0.5)  # type: ignore[union-attr]
+
+
 def test_other_stages_pass_through_and_bad_parameters_are_refused_clearly() -> None:
     crypto = CryptographyBackend()
     signers, verifier = simulation_identities(IDS[:1])

@@ -131,7 +131,9 @@ class SecureDriver:
         updates: list[Update] = []
         members: list[ParticipantId] = []
         for i, bucket in enumerate(sums):
-            decoded = vectors.decode_fit(run.params, bucket.words, global_weights)
+            decoded = vectors.decode_fit(
+                run.params, bucket.words, global_weights, members=len(bucket.members)
+            )
             if decoded is None:
                 continue
             members.extend(bucket.members)

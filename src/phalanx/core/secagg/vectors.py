@@ -9,7 +9,9 @@ flattened, fixed-point encoded in ``Z_{2^32}``. The delta is clipped to L2 norm 
 DP-FedAvg, McMahan et al., ICLR 2018), so every word is within ``max(C, 1)`` and the ring cannot
 overflow. A bucket sum gives ``sum_i w_i delta_i`` and ``sum_i w_i``; their quotient is the
 weighted mean delta, and ``w_global + mean`` is the bucket's pseudo-update, weighted by
-``sum_i w_i * weight_cap`` examples. Individual example counts are never revealed.
+``sum_i w_i * weight_cap`` examples. Individual example counts are never revealed. With
+``weight_cap = 1`` (distributed DP) every member weighs 1 and the coordinator divides by the
+bucket's member count, which it knows, rather than by the noisy weight word.
 
 With class-wise averaging of the output layer (ADR 0018, ``classwise_layer >= 0``) the vector
 goes on with the output layer's clipped delta once more, row ``c`` (its weights and its bias)
@@ -154,12 +156,25 @@ class FitSum:
 
 
 def decode_fit(
-    params: InstanceParams, total: NDArray[np.unsignedinteger], global_weights: Weights
+    params: InstanceParams,
+    total: NDArray[np.unsignedinteger],
+    global_weights: Weights,
+    members: int | None = None,
 ) -> FitSum | None:
-    """The bucket's pseudo-update and weights (:class:`FitSum`); None if weightless."""
+    """The bucket's pseudo-update and weights (:class:`FitSum`); None if weightless.
+
+    ``members``: how many participants' inputs the sum holds. With ``weight_cap == 1`` every
+    member weighs 1, so the bucket's weight is that public count, not the decoded weight word:
+    under distributed DP the word carries the noise shares too (``m + N(0, sigma^2)``), and
+    dividing by it would scale the mean by a random factor, or fail when the noise drives it to
+    zero or below.
+    """
     values = fixed_point(params).decode_sum(total)
     n_params = int(sum(int(np.size(g)) for g in global_weights))
-    weight = float(values[n_params])
+    if params.weight_cap == 1 and members is not None:
+        weight = float(members)
+    else:
+        weight = float(values[n_params])
     if weight <= 0:
         return None
     mean = values[:n_params] / weight
