@@ -58,6 +58,9 @@ Two later questions, each with a criterion fixed before its run (``docs/results.
   with class-wise averaging as the reference, then turned down global class weights in every
   participant's loss, with and without weighting updates by their class-weighted mass
   (``docs/results.md``; those runs patched the loss in a one-off script, not kept as variants).
+  The same rule then turned down a larger FedAdam server learning rate and FedAvg for the
+  classifier (the ``-cw-slr*`` and ``-cw-fedavg`` variants) and averaging the global model over
+  the last 3, 5 or 10 rounds (a one-off script).
 """
 
 from __future__ import annotations
@@ -199,6 +202,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
         ae_lr=1e-3,
         **_sgd(0.05)["model"],
     ),
+    # session 6: the server step of that recipe (FedAdam's server lr, or FedAvg); not adopted
+    **{
+        f"hyb-fpr0.01-ae10-sgd-lr0.05-m0.9-aeadam-cw-{name}": _hyb(
+            0.01,
+            {"classwise_head": True, **sim},
+            ae_epochs=10,
+            ae_optimizer="adam",
+            ae_lr=1e-3,
+            **_sgd(0.05)["model"],
+        )
+        for name, sim in (
+            ("slr0.02", {"server_lr": 0.02}),
+            ("slr0.03", {"server_lr": 0.03}),
+            ("slr0.05", {"server_lr": 0.05}),
+            ("fedavg", {"algorithm": "fedavg"}),
+        )
+    },
 }
 
 SGD_CANDIDATES = tuple(
