@@ -27,7 +27,7 @@ the median over the seeds.
 
 Selection rule, fixed before any test-set score was seen: the highest median selection
 macro-F1 of the federated model, then the smallest median federated-minus-centralized gap. The
-outcome and its confirmation on the test sets are in ``docs/results.md``.
+outcome and its confirmation on the test sets are in ``docs/results-history.md``.
 
 Hybrid detectors (``--model hybrid``, ``models/hybrid.py``): the ``hyb-*`` variants (anomaly
 FPR 1 %, 2 %, 5 %; autoencoder 64-16 or 128-32) against the MLP ``default``. Each model is scored
