@@ -76,10 +76,14 @@ def test_client_central_dp_is_charged_by_each_participant_and_a_tight_budget_ref
         )
         history = host.coordinator.run()
         assert [r.round for r in history] == [1, 2]
+        first, second = history
+        assert "privacy budget" in first.refused[ParticipantId("hospital")]
+        # a spent budget stays spent: the hospital is not asked to train again
+        assert second.refused == {} and list(host.federation.spent) == ["hospital"]
+        assert host.status()["spent"] == {"hospital": first.refused[ParticipantId("hospital")]}
         for record in history:
-            assert "hospital" in record.refused
-            assert "privacy budget" in record.refused[ParticipantId("hospital")]
             assert set(record.participants) == {"office", "bank"}
+        assert host.federation.stopped is None
         for org in ("office", "bank"):
             entries = ledgers[org].entries("dp-fed")
             assert [e.round for e in entries] == [1, 2]

@@ -108,6 +108,45 @@ def test_too_few_replies_is_a_round_error_and_the_round_is_retried() -> None:
     assert again is not None and again.round == 1 and fed.round == 0
 
 
+def test_participants_whose_budget_is_spent_are_not_asked_again_and_too_few_left_stop_it() -> None:
+    """A budget refusal holds for every later round: the participant is not sampled again, and
+    when the spent ones leave fewer than ``min_participants`` the federation ends with the last
+    completed round's model and says why, instead of retrying rounds that cannot happen."""
+    from phalanx.core.privacy.spec import BUDGET_REFUSAL
+
+    fed = _fed(rounds=3, min_participants=2)
+    _skip_stats(fed)
+    spent = f"{BUDGET_REFUSAL} this round would raise my epsilon from 2.000 to 3.000, past 2.5"
+
+    def refusal(r: int, pid: ParticipantId, why: str) -> Reply:
+        return Reply(pid, r, Stage.FIT, fed.schema_hash, refused=why)
+
+    req = fed.next_stage(P)
+    assert req is not None and set(req.tasks) == set(P)
+    record = fed.complete_stage(
+        {P[0]: _fit_reply(1, P[0], fed, 1.0), P[1]: _fit_reply(1, P[1], fed, 1.0)}
+        | {P[2]: refusal(1, P[2], spent), P[3]: refusal(1, P[3], "busy re-indexing")}
+    )
+    assert record is not None and record.participants == (P[0], P[1])
+    assert list(fed.spent) == [P[2]]  # a refusal for another reason may pass
+    after_one = [w.copy() for w in fed.weights]
+    req = fed.next_stage(P)
+    assert req is not None and req.round == 2 and set(req.tasks) == {P[0], P[1], P[3]}
+    with pytest.raises(RoundError, match="not asked again"):
+        fed.complete_stage(
+            {P[0]: _fit_reply(2, P[0], fed, 5.0)}
+            | {P[1]: refusal(2, P[1], spent), P[3]: refusal(2, P[3], spent)}
+        )
+    assert fed.next_stage(P) is None and fed.done and fed.round == 1
+    assert fed.stopped is not None and fed.stopped.startswith("stopped after round 1 of 3")
+    assert "leaves 1 of the 2 participants" in fed.stopped
+    assert all(np.array_equal(a, b) for a, b in zip(fed.weights, after_one, strict=True))
+    meta, arrays = fed.snapshot()
+    resumed = _fed(rounds=3, min_participants=2)
+    resumed.restore(meta, arrays)
+    assert resumed.done and resumed.spent == fed.spent and resumed.stopped == fed.stopped
+
+
 def test_stale_wrong_schema_and_nan_replies_are_left_out_not_fatal() -> None:
     fed = _fed(min_participants=1)
     _skip_stats(fed)

@@ -306,6 +306,34 @@ def test_simulation_states_the_guarantee_its_ledgers_charged(
     assert provenance["privacy"]["delta"] == 1e-5 and "participants" not in provenance["privacy"]
 
 
+def test_a_simulation_whose_participants_run_out_of_budget_ends_early_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Participants' own budgets below what the plan spends: the run keeps the rounds they could
+    afford, writes its directory, and states where and why it stopped; no ledger goes past its
+    budget."""
+    import json
+
+    from phalanx.sim.config import SimConfig
+    from phalanx.sim.runner import run_simulation, write_run
+
+    cfg = SimConfig(
+        data="synthetic", participants=4, partition="natural", synthetic_flows=200, rounds=4,
+        workers=1, dp="client-central", epsilon=6.0, participant_epsilon=3.0, clip=0.5,
+    )  # fmt: skip
+    result = run_simulation(cfg)
+    summary = result.summary
+    assert 1 <= summary["rounds"] < 4 and summary["rounds_planned"] == 4
+    assert summary["stopped"].startswith(f"stopped after round {summary['rounds']} of 4")
+    assert summary["privacy"]["max_epsilon_spent"] <= 3.0
+    write_run(result, tmp_path)
+    assert f"**federation {summary['stopped']}**" in (tmp_path / "report.md").read_text()
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["metadata"]["provenance"]["rounds"] == summary["rounds"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == summary["rounds"]
+
+
 def test_class_balanced_dp_sgd_is_charged_at_the_largest_inclusion_rate(
     rng: np.random.Generator,
 ) -> None:

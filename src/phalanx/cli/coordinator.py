@@ -291,6 +291,8 @@ class CoordinatorHost:
             "round": fed.round,
             "rounds": self.cfg.training.rounds,
             "done": fed.done,
+            "stopped": fed.stopped,
+            "spent": dict(fed.spent),
             "uptime_s": time.time() - self.started,
             "schema_hash": self.schema.hash(),
             "connected": sorted(self.server.transport.available()),
@@ -336,9 +338,17 @@ class CoordinatorHost:
                 self.phase = f"failed at round {failed}"
                 self.store.fail_round(failed, str(exc))
                 raise
-            self.phase = "finished"
-            self.store.audit("federation.finished", "coordinator", rounds=self.federation.round)
+            stopped = self.federation.stopped
+            self.phase = "finished" if stopped is None else "stopped early"
+            self.store.audit(
+                "federation.finished",
+                "coordinator",
+                rounds=self.federation.round,
+                **({"stopped": stopped} if stopped is not None else {}),
+            )
             self.server.finish()
+            if stopped is not None:
+                console.print(f"[bold yellow]federation {stopped}[/]")
             console.print("federation finished; final model published")
             stop.wait(self.cfg.rounds.linger_s)
         finally:
@@ -408,6 +418,12 @@ def status_command(
     console.print(
         f"connected: {', '.join(doc['connected']) or 'none'}; enrolled: {len(doc['enrolled'])}"
     )
+    if doc.get("spent"):
+        console.print(
+            f"privacy budget spent (not asked to train): {', '.join(sorted(doc['spent']))}"
+        )
+    if doc.get("stopped"):
+        console.print(f"[bold yellow]federation {doc['stopped']}[/]")
     table = Table(title="recent rounds")
     for col in ("round", "state", "participants", "bytes down", "bytes up"):
         table.add_column(col)

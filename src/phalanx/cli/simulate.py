@@ -339,6 +339,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     _print_attack(summary)
     _print_privacy(summary)
+    if summary.get("stopped"):
+        console.print(f"[bold yellow]federation {summary['stopped']}[/]")
     console.print(
         f"{summary['rounds']} rounds, {summary['participants']} participants,"
         f" {summary['bytes_down'] / 1e6:.1f} MB down, {summary['bytes_up'] / 1e6:.1f} MB up,"

@@ -35,6 +35,7 @@ from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.fit_stream import FitStream, SumPlan
 from phalanx.core.messages import Reply, Stage, Task
 from phalanx.core.plan import FederationPlan, StageRequest, participant_seed
+from phalanx.core.privacy.spec import is_budget_refusal
 from phalanx.core.records import RoundRecord, record_from_dict, record_to_dict, weighted_metrics
 from phalanx.core.secagg.crypto import SecAggCrypto
 from phalanx.core.secagg.driver import SecureDriver
@@ -94,6 +95,10 @@ class Federation:
         self.weights: Weights = []
         self.round = 0
         self.history: list[RoundRecord] = []
+        # participants whose own privacy budget refused a round: never asked to train again
+        self.spent: dict[ParticipantId, str] = {}
+        # why the federation ended before its planned rounds (None: it has not)
+        self.stopped: str | None = None
         self._rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 0x5A3]))
         self._pending: StageRequest | None = None
         self._fit_record: RoundRecord | None = None
@@ -123,6 +128,8 @@ class Federation:
             "transform": self.transform.to_dict() if self.transform is not None else None,
             "rng": self._rng.bit_generator.state,
             "history": [record_to_dict(r) for r in self.history],
+            "spent": dict(self.spent),
+            "stopped": self.stopped,
         }
         arrays: dict[str, Weights] = {"weights": list(self.weights)}
         for key, value in self.algorithm.state().items():
@@ -145,6 +152,8 @@ class Federation:
         self.algorithm.load_state({k[5:]: v for k, v in arrays.items() if k.startswith("algo:")})
         self._rng.bit_generator.state = meta["rng"]
         self.history = [record_from_dict(d) for d in meta.get("history", [])]
+        self.spent = {ParticipantId(str(k)): str(v) for k, v in meta.get("spent", {}).items()}
+        self.stopped = meta.get("stopped")
         self._pending = None
         self._fit_record = None
         self._stream = None
@@ -153,7 +162,9 @@ class Federation:
 
     @property
     def done(self) -> bool:
-        """True once every planned round has completed."""
+        """True once every planned round has completed, or the federation has :attr:`stopped`."""
+        if self.stopped is not None:
+            return True
         return self.round >= self.plan.rounds and self._fit_record is None
 
     def next_stage(self, available: Sequence[ParticipantId]) -> StageRequest | None:
@@ -187,7 +198,16 @@ class Federation:
             req = StageRequest(self.round, Stage.EVALUATE, tasks, min_replies=1)
         elif self.round < self.plan.rounds:
             r = self.round + 1
-            sampled = self._sample(avail)
+            eligible = [p for p in avail if p not in self.spent]
+            if self.spent and len(eligible) < self.plan.min_participants:
+                self.stopped = (
+                    f"stopped after round {self.round} of {self.plan.rounds}: the privacy budgets"
+                    f" of {sorted(self.spent)} are spent, which leaves {len(eligible)} of the"
+                    f" {self.plan.min_participants} participants a round needs; the model is"
+                    f" round {self.round}'s"
+                )
+                return None
+            sampled = self._sample(eligible)
             extras = self.algorithm.task_extras()
             algo_config = self.algorithm.task_config()
             tasks = {
@@ -253,6 +273,7 @@ class Federation:
                 refused[pid] = reply.refused
             else:
                 valid[pid] = reply
+        self.spent.update({p: why for p, why in refused.items() if is_budget_refusal(why)})
         lost = sorted(stream.absorbed - set(valid)) if stream is not None else []
         if len(valid) < req.min_replies or lost:
             self._pending = None
@@ -264,7 +285,13 @@ class Federation:
                 f" {len(req.tasks)} asked, at least {req.min_replies} needed"
                 + (f"; refused: {refused}" if refused else "")
                 + (f"; folded on arrival but missing from the result: {lost}" if lost else ""),
-                hint="the round will be retried with the participants available then",
+                hint="the round will be retried with the participants available then"
+                + (
+                    "; those whose privacy budget is spent are not asked again, and the"
+                    " federation stops when too few are left"
+                    if any(p in self.spent for p in refused)
+                    else ""
+                ),
             )
         self._pending = None
         if is_secure(req.stage):

@@ -84,7 +84,7 @@ class Coordinator:
         failures = 0
         while True:
             if fed.done:
-                return fed.history
+                return self._finished()
             if self.wait_for is not None:
                 self.wait_for()
             try:
@@ -93,7 +93,7 @@ class Coordinator:
                 failures = self._failed(exc, failures)
                 continue
             if req is None:
-                return fed.history
+                return self._finished()
             if self.on_stage is not None:
                 self.on_stage(req)
             down0, up0 = self.transport.bytes_down, self.transport.bytes_up
@@ -134,6 +134,11 @@ class Coordinator:
                     log.warning("round %d: %s left out: %s", record.round, pid, why)
                 if self.on_round is not None:
                     self.on_round(record)
+
+    def _finished(self) -> list[RoundRecord]:
+        if self.federation.stopped is not None:
+            log.warning("federation %s", self.federation.stopped)
+        return self.federation.history
 
     def _failed(self, exc: RoundError | SecAggError, failures: int) -> int:
         """Count a failed attempt; re-raise once the retries are spent, else pause."""

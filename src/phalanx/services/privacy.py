@@ -42,6 +42,7 @@ from phalanx.core.privacy.distributed import (
     secagg_spec,
 )
 from phalanx.core.privacy.spec import (
+    BUDGET_REFUSAL,
     Budget,
     DPTaskSpec,
     LedgerEntry,
@@ -128,7 +129,7 @@ class PrivacyGuard:
             return self._refuse(
                 task,
                 spec.federation,
-                f"privacy budget: this round would raise my epsilon from {before:.3f} to"
+                f"{BUDGET_REFUSAL} this round would raise my epsilon from {before:.3f} to"
                 f" {after:.3f}, past my budget of {self.budget.epsilon:g} at delta"
                 f" {self.budget.delta:g}",
             )

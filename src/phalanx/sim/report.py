@@ -148,6 +148,7 @@ def write_report(
         f"- bytes sent to participants: {summary['bytes_down']:,};"
         f" received: {summary['bytes_up']:,}",
         f"- wall time: {summary['wall_s']:.1f} s (federation {summary['federation_s']:.1f} s)",
+        *([f"- **federation {summary['stopped']}**"] if summary.get("stopped") else []),
         "",
         "## Results on the test set",
         "",

@@ -285,7 +285,9 @@ def run_simulation(
     federated.update(part_metrics(model, test_cache))  # the hybrid's parts, alone
     summary: dict[str, Any] = {
         "federated": federated,
-        "rounds": cfg.rounds,
+        "rounds": fed.round,
+        "rounds_planned": cfg.rounds,
+        "stopped": fed.stopped,
         "participants": len(ids),
         "bytes_up": transport.bytes_up,
         "bytes_down": transport.bytes_down,
@@ -366,7 +368,7 @@ def write_run(result: SimulationResult, out: Path) -> None:
         "provenance": {
             "federation": "simulation",
             "algorithm": cfg.algorithm,
-            "rounds": cfg.rounds,
+            "rounds": result.summary["rounds"],
             "participants": result.summary["participants"],
             "seed": cfg.seed,
             "dp_epsilon": (result.summary.get("privacy") or {}).get("epsilon"),

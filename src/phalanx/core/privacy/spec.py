@@ -39,6 +39,18 @@ from phalanx.core.errors import PrivacyError
 Mode = Literal["record", "client-central", "client-distributed"]
 MODES: tuple[Mode, ...] = ("record", "client-central", "client-distributed")
 
+BUDGET_REFUSAL = "privacy budget:"
+"""How a participant's refusal starts when a round would take it past its own privacy budget.
+
+Such a refusal holds for every later round of the federation too (spent epsilon only grows and
+every round costs the same), so the coordinator stops asking that participant
+(:class:`~phalanx.core.rounds.Federation`)."""
+
+
+def is_budget_refusal(reason: str) -> bool:
+    """True when ``reason`` says the participant's privacy budget is spent."""
+    return reason.startswith(BUDGET_REFUSAL)
+
 
 @dataclass(frozen=True)
 class PrivacyEvent:
