@@ -139,7 +139,7 @@ def test_participants_whose_budget_is_spent_are_not_asked_again_and_too_few_left
         )
     assert fed.next_stage(P) is None and fed.done and fed.round == 1
     assert fed.stopped is not None and fed.stopped.startswith("stopped after round 1 of 3")
-    assert "leaves 1 of the 2 participants" in fed.stopped
+    assert "leaves 1 available participant(s) of the 2 a round needs" in fed.stopped
     assert all(np.array_equal(a, b) for a, b in zip(fed.weights, after_one, strict=True))
     meta, arrays = fed.snapshot()
     resumed = _fed(rounds=3, min_participants=2)

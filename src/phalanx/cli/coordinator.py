@@ -356,19 +356,27 @@ class CoordinatorHost:
             self.store.close()
 
     def _wait_for_participants(self, stop: threading.Event) -> None:
-        """Wait (at most one round deadline) until ``min`` participants are connected.
+        """Wait (at most one round deadline) until ``min`` participants are connected, not
+        counting those whose privacy budget is spent (they are not asked to train again).
 
         Past that the stage goes out to whoever is there; falling short of ``min`` is then a
-        round error, retried ``max_retries`` times before the coordinator gives up.
+        round error, retried ``max_retries`` times before the coordinator gives up, or, when
+        spent budgets are what leaves too few, the end of the federation.
         """
         need = self.cfg.participants.min
+
+        def usable() -> int:
+            return len(set(self.server.transport.available()) - set(self.federation.spent))
+
         end = time.monotonic() + self.cfg.rounds.deadline_s
-        while len(self.server.transport.available()) < need and not stop.is_set():
+        while usable() < need and not stop.is_set():
             if time.monotonic() > end:
                 log.warning(
-                    "only %d of %d participants connected; trying the round anyway",
-                    len(self.server.transport.available()),
+                    "only %d of %d participants connected (privacy budget spent: %d);"
+                    " trying the round anyway",
+                    usable(),
                     need,
+                    len(self.federation.spent),
                 )
                 return
             stop.wait(0.2)

@@ -202,9 +202,9 @@ class Federation:
             if self.spent and len(eligible) < self.plan.min_participants:
                 self.stopped = (
                     f"stopped after round {self.round} of {self.plan.rounds}: the privacy budgets"
-                    f" of {sorted(self.spent)} are spent, which leaves {len(eligible)} of the"
-                    f" {self.plan.min_participants} participants a round needs; the model is"
-                    f" round {self.round}'s"
+                    f" of {sorted(self.spent)} are spent, which leaves {len(eligible)} available"
+                    f" participant(s) of the {self.plan.min_participants} a round needs; the"
+                    f" model is round {self.round}'s"
                 )
                 return None
             sampled = self._sample(eligible)
