@@ -306,12 +306,16 @@ def test_simulation_states_the_guarantee_its_ledgers_charged(
     assert provenance["privacy"]["delta"] == 1e-5 and "participants" not in provenance["privacy"]
 
 
+@pytest.mark.parametrize(
+    ("mode", "budget", "rounds_done"),
+    [("client-central", 3.0, (1, 2, 3)), ("record", 0.5, (0,))],  # the second affords none
+)
 def test_a_simulation_whose_participants_run_out_of_budget_ends_early_and_says_so(
-    tmp_path: Path,
+    mode: str, budget: float, rounds_done: tuple[int, ...], tmp_path: Path
 ) -> None:
     """Participants' own budgets below what the plan spends: the run keeps the rounds they could
-    afford, writes its directory, and states where and why it stopped; no ledger goes past its
-    budget."""
+    afford (none, at worst: the model is then the initial one), writes its directory, and
+    states where and why it stopped; no ledger goes past its budget."""
     import json
 
     from phalanx.sim.config import SimConfig
@@ -319,13 +323,13 @@ def test_a_simulation_whose_participants_run_out_of_budget_ends_early_and_says_s
 
     cfg = SimConfig(
         data="synthetic", participants=4, partition="natural", synthetic_flows=200, rounds=4,
-        workers=1, dp="client-central", epsilon=6.0, participant_epsilon=3.0, clip=0.5,
+        workers=1, dp=mode, epsilon=6.0, participant_epsilon=budget, clip=0.5,
     )  # fmt: skip
     result = run_simulation(cfg)
     summary = result.summary
-    assert 1 <= summary["rounds"] < 4 and summary["rounds_planned"] == 4
+    assert summary["rounds"] in rounds_done and summary["rounds_planned"] == 4
     assert summary["stopped"].startswith(f"stopped after round {summary['rounds']} of 4")
-    assert summary["privacy"]["max_epsilon_spent"] <= 3.0
+    assert summary["privacy"]["max_epsilon_spent"] <= budget
     write_run(result, tmp_path)
     assert f"**federation {summary['stopped']}**" in (tmp_path / "report.md").read_text()
     meta = json.loads((tmp_path / "model" / "model.json").read_text())

@@ -204,7 +204,8 @@ class Federation:
                     f"stopped after round {self.round} of {self.plan.rounds}: the privacy budgets"
                     f" of {sorted(self.spent)} are spent, which leaves {len(eligible)} available"
                     f" participant(s) of the {self.plan.min_participants} a round needs; the"
-                    f" model is round {self.round}'s"
+                    " model is "
+                    + (f"round {self.round}'s" if self.round else "the untrained initial one")
                 )
                 return None
             sampled = self._sample(eligible)

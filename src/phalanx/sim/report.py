@@ -272,7 +272,10 @@ def privacy_section(summary: dict[str, Any]) -> list[str]:
     if not p:
         return ["", "## Differential privacy", "", "None: updates were released without noise."]
     z = p.get("noise_multiplier")
-    z_txt = f"{z[0]:.4f} to {z[1]:.4f}" if isinstance(z, list | tuple) else f"{z:.4f}"
+    if z is None:  # per-participant multipliers, and no participant was charged a round
+        z_txt = "none (no round was charged)"
+    else:
+        z_txt = f"{z[0]:.4f} to {z[1]:.4f}" if isinstance(z, list | tuple) else f"{z:.4f}"
     q = p.get("sampling_rate")
     adaptive = " (adaptive, initial)" if p.get("adaptive_clip") else ""
     lines = [

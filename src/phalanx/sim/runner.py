@@ -226,15 +226,21 @@ def run_simulation(
     )
     history: list[dict[str, Any]] = []
     test_cache: dict[str, Any] = {}
+
+    def scoring_cache(transform: Any) -> None:
+        """Build the test arrays once the transform is known: at the first round, or at the end
+        of a federation that stopped before any round completed."""
+        if "x" not in test_cache:
+            test_cache.update(scoring_arrays(cfg, transform, data))
+            test_cache["triggered"] = robustness.backdoor_test(cfg, data, transform)
+
     last = {"t": time.perf_counter(), "down": 0, "up": 0}
 
     def on_round(record: RoundRecord) -> None:
         now = time.perf_counter()
         transform = fed.transform
         assert transform is not None  # rounds only complete after the statistics stage
-        if "x" not in test_cache:
-            test_cache.update(scoring_arrays(cfg, transform, data))
-            test_cache["triggered"] = robustness.backdoor_test(cfg, data, transform)
+        scoring_cache(transform)
         model = make_model(tconf["model"], transform.n_features, cfg.seed)
         model.set_weights(fed.weights)
         proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
@@ -273,6 +279,7 @@ def run_simulation(
         transport.close()
     transform = fed.transform
     assert transform is not None
+    scoring_cache(transform)
     model = make_model(tconf["model"], transform.n_features, cfg.seed)
     model.set_weights(fed.weights)
     proba = class_probabilities(model, test_cache["x"], test_cache["benign"], cfg.target_fpr)
