@@ -349,7 +349,11 @@ class CoordinatorHost:
             self.server.finish()
             if stopped is not None:
                 console.print(f"[bold yellow]federation {stopped}[/]")
-            console.print("federation finished; final model published")
+            console.print(
+                "federation finished; final model published"
+                if self.federation.round
+                else "federation finished before any round completed; no model published"
+            )
             stop.wait(self.cfg.rounds.linger_s)
         finally:
             self.server.stop()
