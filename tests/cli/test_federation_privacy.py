@@ -45,6 +45,35 @@ def _config(root: Path, privacy: str, *, secure: bool = False, rounds: int = 2) 
     return path
 
 
+def _attach_members(
+    host: CoordinatorHost, root: Path, budgets: dict[str, float]
+) -> dict[str, SqliteLedger]:
+    """Give ``host`` an in-process coordinator over the three members, each behind its own
+    privacy guard with its own budget and ledger; returns the ledgers."""
+    ledgers: dict[str, SqliteLedger] = {}
+    handlers = {}
+    for i, org in enumerate(ORGS):
+        batch = load_local_data(f"synthetic:{org}:400:{i}", "auto")
+        ledgers[org] = SqliteLedger(root / f"{org}.sqlite")
+        guard = PrivacyGuard(
+            ParticipantId(org),
+            ledger=ledgers[org],
+            accountant=RdpAccountant(),
+            budget=Budget(budgets[org], 1e-5),
+            num_examples=len(batch),
+        )
+        part = Participant(ParticipantId(org), batch, middleware=[guard])
+        handlers[ParticipantId(org)] = part.handle
+    host.coordinator = Coordinator(
+        host.federation,
+        InProcessTransport(handlers),
+        on_round=host.on_round,
+        on_stage=host.on_stage,
+        retry_wait_s=0.0,
+    )
+    return ledgers
+
+
 def test_client_central_dp_is_charged_by_each_participant_and_a_tight_budget_refuses(
     tmp_path: Path,
 ) -> None:
@@ -54,26 +83,7 @@ def test_client_central_dp_is_charged_by_each_participant_and_a_tight_budget_ref
         assert isinstance(host.federation.algorithm, DPFedAvg)
         assert host.federation.plan.train_config["dp"]["mode"] == "client-central"
         budgets = {"office": 20.0, "bank": 20.0, "hospital": 0.05}  # hospital's is too tight
-        ledgers: dict[str, SqliteLedger] = {}
-        handlers = {}
-        for i, org in enumerate(ORGS):
-            batch = load_local_data(f"synthetic:{org}:400:{i}", "auto")
-            ledgers[org] = SqliteLedger(tmp_path / f"{org}.sqlite")
-            guard = PrivacyGuard(
-                ParticipantId(org),
-                ledger=ledgers[org],
-                accountant=RdpAccountant(),
-                budget=Budget(budgets[org], 1e-5),
-                num_examples=len(batch),
-            )
-            part = Participant(ParticipantId(org), batch, middleware=[guard])
-            handlers[ParticipantId(org)] = part.handle
-        host.coordinator = Coordinator(
-            host.federation,
-            InProcessTransport(handlers),
-            on_round=host.on_round,
-            on_stage=host.on_stage,
-        )
+        ledgers = _attach_members(host, tmp_path, budgets)
         history = host.coordinator.run()
         assert [r.round for r in history] == [1, 2]
         first, second = history
@@ -90,6 +100,31 @@ def test_client_central_dp_is_charged_by_each_participant_and_a_tight_budget_ref
             assert 0 < entries[-1].epsilon_total <= budgets[org]
         assert ledgers["hospital"].entries() == []
         assert ledgers["hospital"].refusals()
+    finally:
+        host.store.close()
+
+
+def test_a_deployed_federation_whose_budgets_run_out_ends_early_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Two of three members' own budgets run out (the hospital's at once, the bank's after one
+    round) with ``min = 2``: the coordinator stops asking them, ends after round 1 instead of
+    failing, and its status and audit trail say why."""
+    config = _config(tmp_path, 'mode = "client-central"\nepsilon = 5.0\nclip = 1.0', rounds=3)
+    host = CoordinatorHost(load_config(config))
+    try:
+        budgets = {"office": 20.0, "bank": 3.0, "hospital": 0.05}
+        _attach_members(host, tmp_path, budgets)
+        history = host.coordinator.run()
+        assert [r.round for r in history] == [1]
+        assert set(history[0].participants) == {"office", "bank"}
+        assert sorted(host.federation.spent) == ["bank", "hospital"]
+        host.finished()
+        status = host.status()
+        assert status["phase"] == "stopped early" and status["done"]
+        assert status["stopped"].startswith("stopped after round 1 of 3")
+        (event,) = host.store.audit_events(event="federation.finished")
+        assert event.detail == {"rounds": 1, "stopped": status["stopped"]}
     finally:
         host.store.close()
 

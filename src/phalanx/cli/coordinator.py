@@ -338,26 +338,31 @@ class CoordinatorHost:
                 self.phase = f"failed at round {failed}"
                 self.store.fail_round(failed, str(exc))
                 raise
-            stopped = self.federation.stopped
-            self.phase = "finished" if stopped is None else "stopped early"
-            self.store.audit(
-                "federation.finished",
-                "coordinator",
-                rounds=self.federation.round,
-                **({"stopped": stopped} if stopped is not None else {}),
-            )
-            self.server.finish()
-            if stopped is not None:
-                console.print(f"[bold yellow]federation {stopped}[/]")
-            console.print(
-                "federation finished; final model published"
-                if self.federation.round
-                else "federation finished before any round completed; no model published"
-            )
+            self.finished()
             stop.wait(self.cfg.rounds.linger_s)
         finally:
             self.server.stop()
             self.store.close()
+
+    def finished(self) -> None:
+        """Record the end of the federation (audit, status) and tell the agents it is over;
+        says why when the participants' privacy budgets ended it before its planned rounds."""
+        stopped = self.federation.stopped
+        self.phase = "finished" if stopped is None else "stopped early"
+        self.store.audit(
+            "federation.finished",
+            "coordinator",
+            rounds=self.federation.round,
+            **({"stopped": stopped} if stopped is not None else {}),
+        )
+        self.server.finish()
+        if stopped is not None:
+            console.print(f"[bold yellow]federation {stopped}[/]")
+        console.print(
+            "federation finished; final model published"
+            if self.federation.round
+            else "federation finished before any round completed; no model published"
+        )
 
     def _wait_for_participants(self, stop: threading.Event) -> None:
         """Wait (at most one round deadline) until ``min`` participants are connected, not
