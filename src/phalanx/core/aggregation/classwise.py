@@ -37,6 +37,32 @@ COUNTS_KEY = "class_counts"
 """``Update.extras`` key of a participant's per-class training row counts (one float array)."""
 
 
+def output_shape(weights: Weights, layer: int) -> tuple[int, int]:
+    """``(n_classes, n_in)`` of the output layer whose weight array is ``weights[layer]`` and
+    whose bias is ``weights[layer + 1]``.
+
+    Raises
+    ------
+    AggregationError
+        When ``layer`` is outside the model or the two arrays are not shaped
+        ``(n_classes, n_in)`` and ``(n_classes,)``.
+    """
+    if not 0 <= layer < len(weights) - 1:
+        raise AggregationError(
+            f"class-wise averaging names layer {layer} as the output weights but the"
+            f" model has {len(weights)} arrays",
+            hint="it must index the output layer's weight array, whose bias follows it",
+        )
+    w_shape = np.shape(weights[layer])
+    b_shape = np.shape(weights[layer + 1])
+    if len(w_shape) != 2 or b_shape != (w_shape[0],):
+        raise AggregationError(
+            f"class-wise averaging: arrays {layer} and {layer + 1} have shapes"
+            f" {w_shape} and {b_shape}; expected (n_classes, n_in) and (n_classes,)"
+        )
+    return int(w_shape[0]), int(w_shape[1])
+
+
 def class_counts(update: Update, n_classes: int) -> np.ndarray:
     """The validated per-class row counts ``update`` carries, as float64 of length ``n_classes``.
 
@@ -95,20 +121,7 @@ def classwise_output(mean: Weights, updates: Sequence[Update], weight_layer: int
     """
     if not updates:
         return list(mean)
-    if not 0 <= weight_layer < len(mean) - 1:
-        raise AggregationError(
-            f"class-wise averaging names layer {weight_layer} as the output weights but the"
-            f" model has {len(mean)} arrays",
-            hint="it must index the output layer's weight array, whose bias follows it",
-        )
-    w_shape = np.shape(mean[weight_layer])
-    b_shape = np.shape(mean[weight_layer + 1])
-    if len(w_shape) != 2 or b_shape != (w_shape[0],):
-        raise AggregationError(
-            f"class-wise averaging: arrays {weight_layer} and {weight_layer + 1} have shapes"
-            f" {w_shape} and {b_shape}; expected (n_classes, n_in) and (n_classes,)"
-        )
-    n_classes = int(w_shape[0])
+    n_classes, _ = output_shape(mean, weight_layer)
     counts = np.stack([class_counts(u, n_classes) for u in updates])  # (k, n_classes)
     total = counts.sum(axis=0)
     held = total > 0

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from phalanx.core.errors import SecAggError
+from phalanx.core.aggregation.classwise import output_shape
+from phalanx.core.errors import AggregationError, SecAggError
 from phalanx.core.secagg.encoding import FixedPoint, decode_wide_sum, encode_wide
 from phalanx.core.secagg.params import InstanceParams
 from phalanx.core.types import Weights
@@ -51,16 +52,13 @@ def fit_length(weights: Weights, classwise_layer: int = -1) -> int:
 
 
 def _output_shape(weights: Weights, layer: int) -> tuple[int, int]:
-    """``(n_classes, n_in)`` of the output layer at ``layer`` (its bias at ``layer + 1``)."""
-    if not 0 <= layer < len(weights) - 1:
-        raise SecAggError(f"class-wise layer {layer} is outside a model of {len(weights)} arrays")
-    shape = np.shape(weights[layer])
-    if len(shape) != 2 or np.shape(weights[layer + 1]) != (shape[0],):
-        raise SecAggError(
-            f"class-wise layer {layer} has shape {shape} and bias"
-            f" {np.shape(weights[layer + 1])}; expected (n_classes, n_in) and (n_classes,)"
-        )
-    return int(shape[0]), int(shape[1])
+    """``(n_classes, n_in)`` of the output layer at ``layer`` (its bias at ``layer + 1``), as
+    :func:`~phalanx.core.aggregation.classwise.output_shape` checks it, failing as a
+    :class:`SecAggError`."""
+    try:
+        return output_shape(weights, layer)
+    except AggregationError as exc:
+        raise SecAggError(exc.message, hint=exc.hint) from None
 
 
 def _output_rows(delta: NDArray[np.float64], weights: Weights, layer: int) -> NDArray[np.float64]:
