@@ -61,6 +61,12 @@ Two later questions, each with a criterion fixed before its run (``docs/results.
   The same rule then turned down a larger FedAdam server learning rate and FedAvg for the
   classifier (the ``-cw-slr*`` and ``-cw-fedavg`` variants) and averaging the global model over
   the last 3, 5 or 10 rounds (a one-off script).
+* Session 7 (``-cw-r40``, ``-cw-le2``, ``-cw-le2-r10``, ``-cw-le4-r5``): the epochs over the
+  data and their split into rounds. The same rule, with a guard that the centralized baseline
+  (``rounds x local_epochs`` epochs, as the issue defines it) is not weaker, turned all four
+  down: ``-cw-le2`` (two local epochs per round over 20 rounds) won on seeds 0-9 and failed its
+  confirmation on seeds 10-19. ``docs/results.md`` has the runs, the disclosed revision of the
+  guard and the confirmation.
 """
 
 from __future__ import annotations
@@ -217,6 +223,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
             ("slr0.03", {"server_lr": 0.03}),
             ("slr0.05", {"server_lr": 0.05}),
             ("fedavg", {"algorithm": "fedavg"}),
+            # session 7: the epochs over the data and their split into rounds; not adopted
+            ("r40", {"rounds": 40}),
+            ("le2", {"local_epochs": 2}),
+            ("le2-r10", {"local_epochs": 2, "rounds": 10}),
+            ("le4-r5", {"local_epochs": 4, "rounds": 5}),
         )
     },
 }
