@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
@@ -21,13 +23,14 @@ def _init(n_features: int) -> list[np.ndarray]:
     return [np.zeros((n_features, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
 
 
-def _fed(**plan: object) -> Federation:
+def _fed(roster: Sequence[ParticipantId] | None = None, **plan: object) -> Federation:
     schema = generate_federation(1, 200, seed=1)[0].schema
     return Federation(
         FederationPlan(**{"rounds": 2, **plan}),  # type: ignore[arg-type]
         schema,
         make_algorithm("fedavg"),
         _init,
+        roster=roster,
     )
 
 
@@ -145,6 +148,36 @@ def test_participants_whose_budget_is_spent_are_not_asked_again_and_too_few_left
     resumed = _fed(rounds=3, min_participants=2)
     resumed.restore(meta, arrays)
     assert resumed.done and resumed.spent == fed.spent and resumed.stopped == fed.stopped
+
+
+def test_with_a_roster_members_who_are_only_offline_still_count_against_the_stop() -> None:
+    """Budgets are spent for P[0] and P[1], P[2] is offline for a while: of a roster of four,
+    two members can still train, which is ``min_participants``. So the federation goes on, and
+    the short round is a round error (retried, as for any dropout), not the end. Once P[3]'s
+    budget is spent too, the roster leaves one member, and the federation ends."""
+    from phalanx.core.privacy.spec import BUDGET_REFUSAL
+
+    fed = _fed(roster=P, rounds=3, min_participants=2)
+    _skip_stats(fed)
+    spent = f"{BUDGET_REFUSAL} this round would go past my budget"
+
+    def refusal(r: int, pid: ParticipantId) -> Reply:
+        return Reply(pid, r, Stage.FIT, fed.schema_hash, refused=spent)
+
+    req = fed.next_stage(P)
+    assert req is not None
+    fed.complete_stage(
+        {P[2]: _fit_reply(1, P[2], fed, 1.0), P[3]: _fit_reply(1, P[3], fed, 1.0)}
+        | {P[0]: refusal(1, P[0]), P[1]: refusal(1, P[1])}
+    )
+    online = [P[0], P[1], P[3]]  # P[2] is offline
+    req = fed.next_stage(online)
+    assert req is not None and fed.stopped is None and set(req.tasks) == {P[3]}
+    with pytest.raises(RoundError, match="at least 2"):
+        fed.complete_stage({P[3]: refusal(2, P[3])})
+    assert fed.next_stage(P) is None and fed.done and fed.round == 1
+    assert fed.stopped is not None
+    assert "leaves 1 enrolled participant(s) of the 2 a round needs" in fed.stopped
 
 
 def test_stale_wrong_schema_and_nan_replies_are_left_out_not_fatal() -> None:

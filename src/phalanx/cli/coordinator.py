@@ -127,6 +127,7 @@ class CoordinatorHost:
             algorithm,
             self._init_weights,
             crypto=CryptographyBackend(),
+            roster=[ParticipantId(p) for p in self.enrolled],
         )
         self.model_bytes: bytes | None = None
         self.quarantine = Quarantine(train.quarantine_after)
@@ -370,7 +371,8 @@ class CoordinatorHost:
 
         Past that the stage goes out to whoever is there; falling short of ``min`` is then a
         round error, retried ``max_retries`` times before the coordinator gives up, or, when
-        spent budgets are what leaves too few, the end of the federation.
+        spent budgets leave too few of the enrolled members, the end of the federation
+        (``Federation(roster=...)``).
         """
         need = self.cfg.participants.min
 

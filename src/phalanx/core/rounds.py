@@ -16,7 +16,7 @@ what the replies mean. It has no loops, clocks, sockets or timeouts; the coordin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,13 @@ class Federation:
         A feature transform fixed in advance; required when ``plan.federated_stats`` is off.
     crypto:
         The secure-aggregation crypto port; required when ``plan.secure_aggregation`` is on.
+    roster:
+        Every participant enrolled in the federation, connected or not. When budget refusals
+        have left fewer members than ``plan.min_participants`` who could still train, the
+        federation ends (:attr:`stopped`). With a roster that count is over the roster, so
+        members who are only offline for a while still count, and a round short of members
+        is a round error, retried as usual. Without one it is over the participants available
+        at the time.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class Federation:
         init_weights: Callable[[int], Weights],
         transform: FeatureTransform | None = None,
         crypto: SecAggCrypto | None = None,
+        roster: Collection[ParticipantId] | None = None,
     ) -> None:
         if transform is None and not plan.federated_stats:
             raise ConfigError("a federation without the statistics stage needs a fixed transform")
@@ -90,6 +98,7 @@ class Federation:
         self.schema = schema
         self.schema_hash = schema.hash()
         self.algorithm = algorithm
+        self.roster: frozenset[ParticipantId] | None = None if roster is None else frozenset(roster)
         self._init_weights = init_weights
         self.transform: FeatureTransform | None = transform
         self.weights: Weights = []
@@ -199,10 +208,12 @@ class Federation:
         elif self.round < self.plan.rounds:
             r = self.round + 1
             eligible = [p for p in avail if p not in self.spent]
-            if self.spent and len(eligible) < self.plan.min_participants:
+            able = (set(avail) if self.roster is None else set(self.roster)) - set(self.spent)
+            if self.spent and len(able) < self.plan.min_participants:
+                among = "available" if self.roster is None else "enrolled"
                 self.stopped = (
                     f"stopped after round {self.round} of {self.plan.rounds}: the privacy budgets"
-                    f" of {sorted(self.spent)} are spent, which leaves {len(eligible)} available"
+                    f" of {sorted(self.spent)} are spent, which leaves {len(able)} {among}"
                     f" participant(s) of the {self.plan.min_participants} a round needs; the"
                     " model is "
                     + (f"round {self.round}'s" if self.round else "the untrained initial one")

@@ -223,6 +223,7 @@ def run_simulation(
         dp_algorithm(cfg, algorithm, len(ids)),
         init_weights,
         crypto=secure[0],
+        roster=ids,
     )
     history: list[dict[str, Any]] = []
     test_cache: dict[str, Any] = {}
