@@ -28,6 +28,11 @@ def detector(**kw: object) -> AutoencoderDetector:
     return AutoencoderDetector(**params)  # type: ignore[arg-type]
 
 
+def test_a_diverging_reconstruction_loss_is_an_error(rng: np.random.Generator) -> None:
+    with pytest.raises(ModelError, match=r"training diverged.*SGD, lr 1e"):
+        detector(optimizer="sgd", lr=1e10).fit(benign(rng, 400) * 50)
+
+
 def test_architecture_mirrors_the_encoder() -> None:
     ae = AutoencoderDetector(n_features=122).initialize()
     assert [s for s in ae.layer_shapes() if len(s) == 2] == [

@@ -97,6 +97,24 @@ def test_partial_fit_continues_from_current_weights(rng: np.random.Generator) ->
     assert any(not np.array_equal(a, b) for a, b in zip(w1, m.get_weights(), strict=True))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_diverging_loss_is_an_error_that_names_the_settings(optimizer: str) -> None:
+    """A learning rate far too large sends the loss to NaN: training stops with an error that
+    says so and names what to change, instead of leaving NaN weights for a later step to trip
+    over (a threshold calibrated on NaN scores, a federated update left out as non-finite)."""
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((600, 10)) * 50).astype(np.float32)
+    y = rng.integers(0, 3, 600)
+    m = small(n_classes=3, epochs=3, lr=1e10 if optimizer == "sgd" else 1e30, optimizer=optimizer)
+    with pytest.raises(
+        ModelError, match=r"training diverged: the mean loss of epoch 1 of 3 is nan"
+    ):
+        m.fit(X, y)
+    with pytest.raises(ModelError, match=r"lower the learning rate"):
+        small(n_classes=3, lr=1e10, optimizer="sgd", momentum=0.9).fit(X, y)
+    small(n_classes=3, lr=1e-3).fit(X, y)  # the same data at a sane rate trains
+
+
 def test_get_set_weights_roundtrip(rng: np.random.Generator) -> None:
     X, y = blobs(rng, n=200)
     a = small(n_classes=3, seed=1).fit(X, y)

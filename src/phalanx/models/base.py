@@ -349,7 +349,7 @@ class TorchEstimator(Params):
         n, bs = x.shape[0], int(self.batch_size)
         steps, epoch_loss = 0, math.nan
         net.train()
-        for _ in range(epochs):
+        for epoch in range(epochs):
             perm = torch.from_numpy(self.rng_.permutation(n))
             total = torch.zeros((), dtype=torch.float64)
             for i in range(0, n, bs):
@@ -370,6 +370,16 @@ class TorchEstimator(Params):
                 total += loss.detach() * idx.numel()
                 steps += 1
             epoch_loss = float(total) / n if n else math.nan
+            if n and not math.isfinite(epoch_loss):
+                net.eval()
+                optimizer = "SGD" if isinstance(opt, torch.optim.SGD) else "Adam"
+                raise ModelError(
+                    f"training diverged: the mean loss of epoch {epoch + 1} of {epochs} is"
+                    f" {epoch_loss} ({optimizer}, lr {self.lr:g}, batch size {bs}, {n} rows);"
+                    " the weights it left are not usable",
+                    hint="lower the learning rate (--lr), raise the batch size (--batch-size),"
+                    " or train with --optimizer adam",
+                )
         net.eval()
         if control is not None:
             self._finish_scaffold(control, start, ordered, steps)
