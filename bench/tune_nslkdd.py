@@ -66,7 +66,9 @@ Two later questions, each with a criterion fixed before its run (``docs/results.
   (``rounds x local_epochs`` epochs, as the issue defines it) is not weaker, turned all four
   down: ``-cw-le2`` (two local epochs per round over 20 rounds) won on seeds 0-9 and failed its
   confirmation on seeds 10-19. ``docs/results.md`` has the runs, the disclosed revision of the
-  guard and the confirmation.
+  guard and the confirmation. A second rule then turned down more local steps per round
+  (``-cw-bs128``, ``-cw-bs64``, ``-cw-lr0.1``): batch 128 passed on seeds 0-9, but on seeds
+  10-19 its centralized baseline (same SGD settings) collapsed at two seeds.
 """
 
 from __future__ import annotations
@@ -228,6 +230,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
             ("le2", {"local_epochs": 2}),
             ("le2-r10", {"local_epochs": 2, "rounds": 10}),
             ("le4-r5", {"local_epochs": 4, "rounds": 5}),
+        )
+    },
+    # session 7: more local steps per round (the baselines train with the same settings)
+    **{
+        f"hyb-fpr0.01-ae10-sgd-lr0.05-m0.9-aeadam-cw-{name}": _hyb(
+            0.01,
+            {"classwise_head": True},
+            ae_epochs=10,
+            ae_optimizer="adam",
+            ae_lr=1e-3,
+            **(_sgd(0.05)["model"] | model),
+        )
+        for name, model in (
+            ("bs128", {"batch_size": 128}),
+            ("bs64", {"batch_size": 64}),
+            ("lr0.1", {"lr": 0.1}),
         )
     },
 }
