@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.nn import functional as F
 
-from phalanx.core.errors import ConfigError, PrivacyError
+from phalanx.core.errors import ConfigError, ModelError, PrivacyError
 from phalanx.core.privacy import record_schedule
 from phalanx.core.privacy.spec import DPTaskSpec, class_inclusion_rates
 from phalanx.models.autoencoder import AutoencoderDetector
@@ -69,6 +69,13 @@ def test_noise_dominates_when_the_multiplier_is_large(rng: np.random.Generator) 
                                                             strict=True)])  # fmt: skip
     # noise std per coordinate: z * C / (q n) = 1000 / 64
     assert abs(step.std() - 1000.0 / 64) < 0.25 * 1000.0 / 64
+
+
+def test_a_diverging_dp_sgd_run_is_an_error(rng: np.random.Generator) -> None:
+    x, y = _data(rng, 64)
+    model = MLPClassifier(6, hidden=(5,), batch_size=64, optimizer="sgd", lr=1e30).initialize()
+    with pytest.raises(ModelError, match=r"training diverged: the mean loss of the DP-SGD run"):
+        dp_sgd_fit(model, x, y, epochs=3, noise_multiplier=1000.0, max_grad_norm=1.0, rng=rng)
 
 
 def test_schedule_is_the_one_the_accountant_charges(rng: np.random.Generator) -> None:

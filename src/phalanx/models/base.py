@@ -30,6 +30,21 @@ from phalanx.core.errors import ModelError
 from phalanx.core.types import Weights
 
 
+def divergence_error(
+    what: str, loss: float, opt: torch.optim.Optimizer, batch: float, rows: int
+) -> ModelError:
+    """The error for training whose loss (``what`` it is, ``loss``) is no longer finite: it
+    names the optimizer, its learning rate and the batch size, and what to change."""
+    optimizer = "SGD" if isinstance(opt, torch.optim.SGD) else "Adam"
+    lr = float(opt.param_groups[0]["lr"])
+    return ModelError(
+        f"training diverged: {what} is {loss} ({optimizer}, lr {lr:g}, batch size {batch:g},"
+        f" {rows} rows); the weights it left are not usable",
+        hint="lower the learning rate (--lr), raise the batch size (--batch-size), or train"
+        " with --optimizer adam",
+    )
+
+
 class FeedForward(nn.Module):
     """Linear layers with ReLU between them and generator-driven (inverted) dropout.
 
@@ -372,13 +387,8 @@ class TorchEstimator(Params):
             epoch_loss = float(total) / n if n else math.nan
             if n and not math.isfinite(epoch_loss):
                 net.eval()
-                optimizer = "SGD" if isinstance(opt, torch.optim.SGD) else "Adam"
-                raise ModelError(
-                    f"training diverged: the mean loss of epoch {epoch + 1} of {epochs} is"
-                    f" {epoch_loss} ({optimizer}, lr {self.lr:g}, batch size {bs}, {n} rows);"
-                    " the weights it left are not usable",
-                    hint="lower the learning rate (--lr), raise the batch size (--batch-size),"
-                    " or train with --optimizer adam",
+                raise divergence_error(
+                    f"the mean loss of epoch {epoch + 1} of {epochs}", epoch_loss, opt, bs, n
                 )
         net.eval()
         if control is not None:

@@ -43,7 +43,7 @@ from phalanx.core.errors import ConfigError, ModelError
 from phalanx.core.privacy.spec import class_inclusion_rates, record_schedule
 from phalanx.core.types import Weights
 from phalanx.models.autoencoder import AutoencoderDetector
-from phalanx.models.base import TrainStats
+from phalanx.models.base import TrainStats, divergence_error
 from phalanx.models.mlp import CLASS_WEIGHT_CLIP, MLPClassifier
 
 Model = MLPClassifier | AutoencoderDetector
@@ -192,6 +192,11 @@ def dp_sgd_fit(
                     p.grad.add_(p - ref[k], alpha=proximal_mu)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if loss_rows and not math.isfinite(total_loss):
+        raise divergence_error(
+            f"the mean loss of the DP-SGD run ({steps} steps)", total_loss / loss_rows, opt,
+            expected, n,
+        )  # fmt: skip
     model.n_seen_ = getattr(model, "n_seen_", 0) + (n if epochs > 0 else 0)
     model.last_stats_ = TrainStats(
         loss=total_loss / loss_rows if loss_rows else math.nan, steps=steps, examples=n
