@@ -208,7 +208,7 @@ class Federation:
         elif self.round < self.plan.rounds:
             r = self.round + 1
             eligible = [p for p in avail if p not in self.spent]
-            able = (set(avail) if self.roster is None else set(self.roster)) - set(self.spent)
+            able = (frozenset(avail) if self.roster is None else self.roster) - self.spent.keys()
             if self.spent and len(able) < self.plan.min_participants:
                 among = "available" if self.roster is None else "enrolled"
                 self.stopped = (

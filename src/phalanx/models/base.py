@@ -35,13 +35,13 @@ def divergence_error(
 ) -> ModelError:
     """The error for training whose loss (``what`` it is, ``loss``) is no longer finite: it
     names the optimizer, its learning rate and the batch size, and what to change."""
-    optimizer = "SGD" if isinstance(opt, torch.optim.SGD) else "Adam"
+    sgd = isinstance(opt, torch.optim.SGD)
     lr = float(opt.param_groups[0]["lr"])
     return ModelError(
-        f"training diverged: {what} is {loss} ({optimizer}, lr {lr:g}, batch size {batch:g},"
-        f" {rows} rows); the weights it left are not usable",
-        hint="lower the learning rate (--lr), raise the batch size (--batch-size), or train"
-        " with --optimizer adam",
+        f"training diverged: {what} is {loss} ({'SGD' if sgd else 'Adam'}, lr {lr:g}, batch"
+        f" size {batch:g}, {rows} rows); the weights it left are not usable",
+        hint="lower the learning rate (--lr; --ae-lr for a hybrid's autoencoder) or raise the"
+        " batch size (--batch-size)" + (", or train with --optimizer adam" if sgd else ""),
     )
 
 
