@@ -236,6 +236,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
             ("bs128", {}, {"batch_size": 128}),
             ("bs64", {}, {"batch_size": 64}),
             ("lr0.1", {}, {"lr": 0.1}),
+            # session 8: rare classes oversampled to 32 or 128 rows per epoch (ADR 0019)
+            ("o32", {}, {"min_class_rows": 32}),
+            ("o128", {}, {"min_class_rows": 128}),
         )
     },
 }

@@ -44,7 +44,7 @@ def test_hybrid_under_fedadam_with_fedrs(tmp_path: Path) -> None:
     path = _config(
         tmp_path,
         'algorithm = "fedadam"\nrestricted_softmax = 0.5',
-        'kind = "hybrid"\nhidden = [32, 16]\nae_epochs = 10',
+        'kind = "hybrid"\nhidden = [32, 16]\nae_epochs = 10\nmin_class_rows = 32',
     )
     with _host(path) as host:
         algo = host.federation.algorithm
@@ -55,6 +55,7 @@ def test_hybrid_under_fedadam_with_fedrs(tmp_path: Path) -> None:
         config = host.federation.plan.train_config
         assert config["restricted_softmax"] == 0.5
         assert config["model"]["ae_epochs"] == 10
+        assert config["model"]["min_class_rows"] == 32
 
 
 def test_defaults_send_no_fedrs_and_keep_every_layer_adaptive(tmp_path: Path) -> None:
@@ -66,13 +67,6 @@ def test_defaults_send_no_fedrs_and_keep_every_layer_adaptive(tmp_path: Path) ->
 def test_a_bad_fedrs_alpha_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="restricted_softmax"):
         load_config(_config(tmp_path, "restricted_softmax = 1.5", ""))
-
-
-def test_fedrs_with_record_level_dp_is_refused(tmp_path: Path) -> None:
-    path = _config(tmp_path, "restricted_softmax = 0.5", "")
-    path.write_text(path.read_text() + '\n[privacy]\nmode = "record"\nepsilon = 8.0\nclip = 1.0\n')
-    with pytest.raises(ConfigError, match="restricted_softmax"):
-        load_config(path)
 
 
 def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> None:
@@ -88,9 +82,23 @@ def test_classwise_head_reaches_the_algorithm_and_its_tasks(tmp_path: Path) -> N
         assert algo.task_config() == {"class_counts": 1.0}
 
 
-def test_classwise_head_with_dp_is_refused(tmp_path: Path) -> None:
-    path = _config(tmp_path, "classwise_head = true", "")
-    path.write_text(path.read_text() + '\n[privacy]\nmode = "client-central"\nepsilon = 8.0\n')
-    with pytest.raises(ConfigError, match="classwise_head") as err:
+_RECORD_DP = '[privacy]\nmode = "record"\nepsilon = 8.0\nclip = 1.0'
+_CLIENT_DP = '[privacy]\nmode = "client-central"\nepsilon = 8.0'
+
+
+@pytest.mark.parametrize(
+    ("training", "model", "privacy", "named", "hint"),
+    [
+        ("restricted_softmax = 0.5", "", _RECORD_DP, "restricted_softmax", "remove restricted"),
+        ("", "min_class_rows = 32", _RECORD_DP, "min_class_rows", "remove min_class_rows"),
+        ("classwise_head = true", "", _CLIENT_DP, "classwise_head", "remove classwise_head"),
+    ],
+)
+def test_options_that_dp_cannot_account_for_are_refused(
+    tmp_path: Path, training: str, model: str, privacy: str, named: str, hint: str
+) -> None:
+    path = _config(tmp_path, training, model)
+    path.write_text(path.read_text() + f"\n{privacy}\n")
+    with pytest.raises(ConfigError, match=named) as err:
         load_config(path)
-    assert "remove classwise_head" in str(err.value.hint)
+    assert hint in str(err.value.hint)

@@ -116,6 +116,13 @@ def test_bad_parameters_are_refused(rng: np.random.Generator) -> None:
         dp_sgd_fit(model, x, y, epochs=1, noise_multiplier=0.0, max_grad_norm=1.0, rng=rng)
     with pytest.raises(ConfigError, match="max_grad_norm"):
         dp_sgd_fit(model, x, y, epochs=1, noise_multiplier=1.0, max_grad_norm=-1.0, rng=rng)
+    before = [w.copy() for w in model.get_weights()]
+    oversampling = MLPClassifier(6, hidden=(5,), min_class_rows=32).set_weights(before)
+    with pytest.raises(ConfigError, match="min_class_rows = 32") as err:
+        dp_sgd_fit(oversampling, x, y, epochs=1, noise_multiplier=1.0, max_grad_norm=1.0, rng=rng)
+    assert "class_balance" in str(err.value.hint)
+    for w, w0 in zip(oversampling.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(w, w0)  # refused before any step
 
 
 @given(

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from phalanx.cli.main import app
-from phalanx.sim.config import SimConfig
+from phalanx.models import HybridDetector, build_model
+from phalanx.sim.config import ModelSpec, SimConfig
 from phalanx.sim.runner import run_simulation
 
 torch.set_num_threads(1)
@@ -90,8 +91,6 @@ def test_cli_names_a_bad_option() -> None:
 
 
 def test_autoencoder_federation_is_scored_as_a_two_class_detector() -> None:
-    from phalanx.sim.config import ModelSpec
-
     result = run_simulation(
         _cfg(model=ModelSpec(kind="autoencoder", hidden=(32, 8)), rounds=2, baselines=True)
     )
@@ -104,8 +103,8 @@ def test_autoencoder_federation_is_scored_as_a_two_class_detector() -> None:
 
 
 def test_the_nsl_kdd_recipe_options_reach_the_run(tmp_path: Path) -> None:
-    """SGD with momentum, FedRS and a hybrid whose Adam autoencoder trains ten passes: the CLI
-    options land in config.json, the tasks and the server algorithm."""
+    """SGD with momentum, FedRS, rare classes oversampled and a hybrid whose Adam autoencoder
+    trains ten passes: the CLI options land in config.json, the tasks and the models built."""
     from phalanx.sim.runner import train_config
 
     out = tmp_path / "run"
@@ -116,6 +115,7 @@ def test_the_nsl_kdd_recipe_options_reach_the_run(tmp_path: Path) -> None:
             "--workers", "1", "--out", str(out), "--model", "hybrid", "--algorithm", "fedadam",
             "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--ae-optimizer", "adam",
             "--ae-lr", "0.001", "--ae-epochs", "10", "--restricted-softmax", "0.5",
+            "--min-class-rows", "32",
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -125,6 +125,8 @@ def test_the_nsl_kdd_recipe_options_reach_the_run(tmp_path: Path) -> None:
     task = train_config(cfg)
     assert task["restricted_softmax"] == 0.5 and task["model"]["ae_epochs"] == 10
     assert "restricted_softmax" not in train_config(_cfg())
+    hybrid = build_model(task["model"], 8, {"seed": 0})
+    assert isinstance(hybrid, HybridDetector) and hybrid.classifier_.min_class_rows == 32
 
 
 def test_fedrs_with_record_level_dp_is_refused() -> None:
@@ -132,6 +134,14 @@ def test_fedrs_with_record_level_dp_is_refused() -> None:
 
     with pytest.raises(ValidationError, match="restricted-softmax"):
         _cfg(dp="record", epsilon=8.0, restricted_softmax=0.5)
+
+
+def test_oversampling_with_record_level_dp_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="--min-class-rows is not supported"):
+        _cfg(dp="record", epsilon=8.0, model=ModelSpec(min_class_rows=32))
+    _cfg(dp="client-central", epsilon=8.0, model=ModelSpec(min_class_rows=32))  # client-level
 
 
 def test_classwise_head_through_the_pool_and_secure_aggregation() -> None:

@@ -187,6 +187,13 @@ def load_config(path: Path) -> FederationConfig:
             " (DP-SGD trains with the plain softmax)",
             hint="remove restricted_softmax, or use client-level DP",
         )
+    if cfg.privacy.mode == "record" and cfg.model.min_class_rows > 1:
+        raise ConfigError(
+            f'{path}: [privacy] mode = "record" cannot train with [model] min_class_rows'
+            " (DP-SGD's accounting samples each record once per step; a repeated row would"
+            " spend more privacy than it accounts for)",
+            hint="remove min_class_rows, or use client-level DP",
+        )
     if cfg.training.classwise_head and cfg.privacy.mode != "none":
         raise ConfigError(
             f"{path}: [training] classwise_head cannot run with [privacy] mode ="

@@ -101,6 +101,13 @@ def simulate(
     ),
     momentum: float = typer.Option(0.0, "--momentum", help="SGD momentum (--optimizer sgd)."),
     batch_size: int = typer.Option(256, "--batch-size"),
+    min_class_rows: int = typer.Option(
+        0,
+        "--min-class-rows",
+        help="Oversample each classifier class with fewer training rows than this to about"
+        " this many per epoch, at every participant and in the baselines (0: off; the NSL-KDD"
+        " recipe uses 32; docs/adr/0019).",
+    ),
     synthetic_flows: int = typer.Option(
         20_000, "--synthetic-flows", help="Flows per synthetic organization."
     ),
@@ -237,6 +244,7 @@ def simulate(
                     optimizer=optimizer,
                     momentum=momentum,
                     batch_size=batch_size,
+                    min_class_rows=min_class_rows,
                     ae_hidden=_hidden(ae_hidden),
                     anomaly_fpr=anomaly_fpr,
                     ae_epochs=ae_epochs,

@@ -324,8 +324,14 @@ class TorchEstimator(Params):
         proximal_mu: float = 0.0,
         reference: Weights | None = None,
         control: tuple[Weights, Weights] | None = None,
+        rows: torch.Tensor | None = None,
     ) -> TrainStats:
         """The training loop shared by every estimator.
+
+        ``rows`` lists the row indices one epoch presents, in any order (each epoch shuffles
+        them); ``None`` presents every row once. Oversampling repeats some rows there; the loss
+        hook (:meth:`_prepare_loss`) then sees the presented labels, and the returned
+        ``examples`` stays the number of distinct rows.
 
         ``proximal_mu`` with ``reference`` adds the FedProx gradient ``mu * (w - w_ref)``
         (Li et al., 2020). ``control = (c, c_i)`` adds SCAFFOLD's correction ``c - c_i`` to
@@ -349,7 +355,9 @@ class TorchEstimator(Params):
             c_i = self._tensors(control[1], "local control") or []
             correction = [a - b for a, b in zip(c, c_i, strict=True)]
             start = [p.detach().clone() for p in ordered]
-        self._prepare_loss(y)
+        n = x.shape[0]
+        presented = n if rows is None else int(rows.numel())
+        self._prepare_loss(y if y is None or rows is None else y.index_select(0, rows))
         opt: torch.optim.Optimizer
         if control is not None or self.optimizer == "sgd":
             momentum = 0.0 if control is not None else self.momentum
@@ -361,14 +369,14 @@ class TorchEstimator(Params):
             )
         else:
             opt = torch.optim.Adam(ordered, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        n, bs = x.shape[0], int(self.batch_size)
+        bs = int(self.batch_size)
         steps, epoch_loss = 0, math.nan
         net.train()
         for epoch in range(epochs):
-            perm = torch.from_numpy(self.rng_.permutation(n))
+            perm = torch.from_numpy(self.rng_.permutation(presented))
             total = torch.zeros((), dtype=torch.float64)
-            for i in range(0, n, bs):
-                idx = perm[i : i + bs]
+            for i in range(0, presented, bs):
+                idx = perm[i : i + bs] if rows is None else rows.index_select(0, perm[i : i + bs])
                 xb = x.index_select(0, idx)
                 yb = None if y is None else y.index_select(0, idx)
                 loss = self._batch_loss(net, xb, yb)
@@ -384,8 +392,8 @@ class TorchEstimator(Params):
                 opt.step()
                 total += loss.detach() * idx.numel()
                 steps += 1
-            epoch_loss = float(total) / n if n else math.nan
-            if n and not math.isfinite(epoch_loss):
+            epoch_loss = float(total) / presented if presented else math.nan
+            if presented and not math.isfinite(epoch_loss):
                 net.eval()
                 raise divergence_error(
                     f"the mean loss of epoch {epoch + 1} of {epochs}", epoch_loss, opt, bs, n

@@ -110,7 +110,8 @@ def dp_sgd_fit(
     Raises
     ------
     ConfigError
-        On a noise multiplier or clipping norm that is not a positive number.
+        On a noise multiplier or clipping norm that is not a positive number, or a model that
+        oversamples rare classes (``min_class_rows``).
     ModelError
         When there is nothing to train on or the data does not fit the model.
     """
@@ -118,6 +119,14 @@ def dp_sgd_fit(
         raise ConfigError(f"DP-SGD noise_multiplier must be > 0; found {noise_multiplier}")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ConfigError(f"DP-SGD max_grad_norm must be > 0; found {max_grad_norm}")
+    oversample = int(getattr(model, "min_class_rows", 0))
+    if oversample > 1:
+        raise ConfigError(
+            f"DP-SGD cannot train a model with min_class_rows = {oversample}: its"
+            " accounting samples each record once per step, and oversampling repeats records",
+            hint="set min_class_rows to 0; class_balance gives DP-SGD its own class-balanced"
+            " sampling",
+        )
     net = model._require_net()
     if isinstance(model, AutoencoderDetector):
         x = model._to_tensor(model.benign_rows(X, y))

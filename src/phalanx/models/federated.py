@@ -58,17 +58,18 @@ LocalResult = tuple[Weights, int, dict[str, float], dict[str, Weights]]
 MODEL_KINDS = ("mlp", "autoencoder", "hybrid")
 _SPEC_KEYS = {
     "mlp": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
-            "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing"},
+            "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing",
+            "min_class_rows"},
     "autoencoder": {"hidden", "lr", "batch_size", "epochs", "optimizer", "momentum",
                     "weight_decay", "target_fpr"},
     # the classifier's keys plus the anomaly part's (models/hybrid.py)
     "hybrid": {"hidden", "dropout", "lr", "batch_size", "class_weight", "epochs", "optimizer",
                "momentum", "weight_decay", "n_classes", "logit_adjust", "label_smoothing",
                "ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs", "ae_optimizer",
-               "ae_lr"},
+               "ae_lr", "min_class_rows"},
 }  # fmt: skip
 _IGNORED_BY_AUTOENCODER = {"dropout", "class_weight", "n_classes", "logit_adjust",
-                           "label_smoothing"}  # fmt: skip
+                           "label_smoothing", "min_class_rows"}  # fmt: skip
 _IGNORED_BY_NON_HYBRID = {"ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs",
                           "ae_optimizer", "ae_lr"}  # fmt: skip
 

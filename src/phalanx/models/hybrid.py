@@ -68,7 +68,7 @@ MIN_BENIGN_PROBABILITY = 1e-12
 
 _SHARED = ("lr", "batch_size", "epochs", "optimizer", "momentum", "weight_decay")
 _CLASSIFIER_ONLY = ("n_classes", "hidden", "dropout", "class_weight", "logit_adjust",
-                    "label_smoothing")  # fmt: skip
+                    "label_smoothing", "min_class_rows")  # fmt: skip
 
 
 def autoencoder_seed(seed: int) -> int:
@@ -89,7 +89,7 @@ class HybridDetector(Params):
         Width of the feature vectors.
     n_classes:
         Classifier outputs (the taxonomy's categories by default; benign at index 0).
-    hidden, dropout, class_weight, logit_adjust, label_smoothing:
+    hidden, dropout, class_weight, logit_adjust, label_smoothing, min_class_rows:
         The classifier's, as for :class:`~phalanx.models.mlp.MLPClassifier`.
     lr, batch_size, epochs, optimizer, momentum, weight_decay:
         Shared by both parts' local training.
@@ -116,7 +116,7 @@ class HybridDetector(Params):
         "n_features", "n_classes", "hidden", "dropout", "lr", "batch_size", "class_weight",
         "epochs", "seed", "optimizer", "momentum", "weight_decay", "logit_adjust",
         "label_smoothing", "ae_hidden", "anomaly_fpr", "classifier_threshold", "ae_epochs",
-        "ae_optimizer", "ae_lr",
+        "ae_optimizer", "ae_lr", "min_class_rows",
     )  # fmt: skip
 
     benign_index: int = CATEGORY_INDEX[BENIGN]
@@ -152,6 +152,7 @@ class HybridDetector(Params):
         ae_epochs: int = 1,
         ae_optimizer: str | None = None,
         ae_lr: float | None = None,
+        min_class_rows: int = 0,
     ) -> None:
         self.n_features = n_features
         self.n_classes = n_classes
@@ -173,6 +174,7 @@ class HybridDetector(Params):
         self.ae_epochs = ae_epochs
         self.ae_optimizer = ae_optimizer
         self.ae_lr = ae_lr
+        self.min_class_rows = min_class_rows
 
     # -- parameters -------------------------------------------------------------------------
 

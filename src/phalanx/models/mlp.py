@@ -19,6 +19,9 @@ from phalanx.models.base import FeedForward, TorchEstimator
 ABSENT_PRIOR = 1e-6
 """Prior given by the logit adjustment to a class absent from the training call's labels."""
 
+MAX_MIN_CLASS_ROWS = 100_000
+"""Upper bound of ``min_class_rows`` (a guard against typos)."""
+
 CLASS_WEIGHT_CLIP = (0.1, 10.0)
 """Bounds of the "balanced" class weights, so that a class seen a handful of times does not
 dominate the loss (and a local dataset missing most classes stays trainable)."""
@@ -73,12 +76,25 @@ class MLPClassifier(TorchEstimator):
         ICML 2022) and FedRS (Li and Zhan, KDD 2021). 0 disables it.
     label_smoothing:
         Label smoothing of the cross-entropy (Szegedy et al., CVPR 2016), in [0, 1).
+    min_class_rows:
+        Random oversampling of rare classes (Buda et al., "A systematic study of the class
+        imbalance problem in convolutional neural networks", Neural Networks 106, 2018): in
+        every training call, each row of a class present with ``c < min_class_rows`` rows is
+        presented ``ceil(min_class_rows / c)`` times per epoch (see :meth:`oversampled_rows`).
+        The balanced class weights are computed on the presented labels, so each presentation
+        weighs no more than a row did before; a class of two rows, held by the weight clip to
+        a small share of the loss in one or two steps per epoch, now takes part in many steps
+        (its total weight moves toward the balanced one). The reported ``examples`` (the
+        federated aggregation weight) stay the distinct rows. Under label skew this is what
+        lets the one or two participants holding a rare class teach it to the federation
+        (ADR 0019). 0 (or 1) turns it off. Not available under DP-SGD, whose accounting
+        assumes each record is sampled once per step.
     """
 
     _PARAMS = (
         "n_features", "n_classes", "hidden", "dropout", "lr", "batch_size", "epochs",
         "class_weight", "seed", "optimizer", "momentum", "weight_decay", "logit_adjust",
-        "label_smoothing",
+        "label_smoothing", "min_class_rows",
     )  # fmt: skip
 
     def __init__(
@@ -97,6 +113,7 @@ class MLPClassifier(TorchEstimator):
         weight_decay: float = 0.0,
         logit_adjust: float = 0.0,
         label_smoothing: float = 0.0,
+        min_class_rows: int = 0,
     ) -> None:
         self.n_features = n_features
         self.n_classes = n_classes
@@ -112,6 +129,7 @@ class MLPClassifier(TorchEstimator):
         self.weight_decay = weight_decay
         self.logit_adjust = logit_adjust
         self.label_smoothing = label_smoothing
+        self.min_class_rows = min_class_rows
 
     _loss_weight: torch.Tensor | None = None
     _logit_offset: torch.Tensor | None = None
@@ -133,6 +151,11 @@ class MLPClassifier(TorchEstimator):
             raise ModelError(f"logit_adjust must be in [0, 10]; found {self.logit_adjust}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ModelError(f"label_smoothing must be in [0, 1); found {self.label_smoothing}")
+        if not 0 <= int(self.min_class_rows) <= MAX_MIN_CLASS_ROWS:
+            raise ModelError(
+                f"min_class_rows must be in [0, {MAX_MIN_CLASS_ROWS}]; found {self.min_class_rows}",
+                hint="0 turns oversampling off; the NSL-KDD recipe uses 32",
+            )
 
     def _sizes(self) -> list[int]:
         return [int(self.n_features), *map(int, self.hidden), int(self.n_classes)]
@@ -214,6 +237,7 @@ class MLPClassifier(TorchEstimator):
                 proximal_mu=float(proximal_mu),
                 reference=reference,
                 control=control,
+                rows=self.oversampled_rows(target.numpy()),
             )
         finally:
             self._absent_scale = 1.0
@@ -231,6 +255,25 @@ class MLPClassifier(TorchEstimator):
                 f"0..{self.n_classes - 1}"
             )
         return torch.from_numpy(arr.astype(np.int64))
+
+    def oversampled_rows(self, y: ArrayLike) -> torch.Tensor | None:
+        """The row indices one training epoch presents for labels ``y`` (``min_class_rows``).
+
+        Each row of a class present with ``c < min_class_rows`` rows appears
+        ``ceil(min_class_rows / c)`` times, every other row once, in row order (the epoch
+        shuffles them). ``None`` when nothing is repeated: every row once.
+        """
+        labels = np.asarray(y, dtype=np.int64)
+        k = int(self.min_class_rows)
+        if k <= 1 or labels.size == 0:
+            return None
+        counts = np.bincount(labels, minlength=int(self.n_classes))
+        repeats = np.ones(counts.shape[0], dtype=np.int64)
+        rare = (counts > 0) & (counts < k)
+        if not rare.any():
+            return None
+        repeats[rare] = -(-k // counts[rare])
+        return torch.from_numpy(np.repeat(np.arange(labels.size, dtype=np.int64), repeats[labels]))
 
     def class_weights(self, y: ArrayLike) -> NDArray[np.float32]:
         """The loss weights ``class_weight`` gives to labels ``y`` (ones when ``None``)."""

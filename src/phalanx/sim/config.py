@@ -32,6 +32,9 @@ class ModelSpec(BaseModel):
     logit_adjust: float = Field(0.0, ge=0.0, le=10.0)
     """Logit-adjusted loss strength tau (Menon et al., ICLR 2021); see MLPClassifier."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    min_class_rows: int = Field(0, ge=0, le=100_000)
+    """Oversample the classifier's classes of fewer rows to this many per epoch (0: off;
+    ADR 0019, models/mlp.py)."""
     # the hybrid detector's anomaly part (models/hybrid.py); ignored by the other kinds
     ae_hidden: tuple[int, ...] = (64, 16)
     """Encoder widths of the hybrid's autoencoder (the last one is the bottleneck)."""
@@ -118,6 +121,12 @@ class SimConfig(BaseModel):
             raise ValueError(
                 "--restricted-softmax (FedRS) is not supported with record-level DP (--dp"
                 " record): DP-SGD trains with the plain softmax; drop one of them"
+            )
+        if self.dp == "record" and self.model.min_class_rows > 1:
+            raise ValueError(
+                "--min-class-rows is not supported with record-level DP (--dp record): DP-SGD's"
+                " accounting samples each record once per step, and a repeated row would spend"
+                " more privacy than it accounts for; drop --min-class-rows or use client-level DP"
             )
         if self.classwise_head:
             from phalanx.models.federated import CLASSWISE_ALGORITHMS
