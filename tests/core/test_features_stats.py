@@ -15,6 +15,7 @@ from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.schema import Column, ColumnKind, FeatureSchema
 from phalanx.core.features.stats import (
     FeatureStats,
+    class_counts,
     compute_stats,
     empty_stats,
     merge_all,
@@ -23,6 +24,7 @@ from phalanx.core.features.stats import (
     vector_length,
 )
 from phalanx.core.features.transform import FeatureTransform
+from phalanx.core.taxonomy import CATEGORIES, CATEGORY_INDEX
 
 SCHEMA = FeatureSchema(
     source="test",
@@ -75,6 +77,7 @@ def assert_stats_close(a: FeatureStats, b: FeatureStats) -> None:
     np.testing.assert_array_equal(a.maximum, b.maximum)
     for x, y in zip(a.buckets, b.buckets, strict=True):
         np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.classes, b.classes)
 
 
 @settings(max_examples=150, deadline=None)
@@ -129,6 +132,28 @@ def test_vector_roundtrip_and_length() -> None:
     assert np.isnan(back.minimum).all()  # not available through the additive form
     with pytest.raises(SchemaMismatchError):
         FeatureStats.from_vector(SCHEMA, v[:-1])
+
+
+def test_labelled_rows_are_counted_per_category_and_summed() -> None:
+    """The class counts travel in the additive vector (what secure aggregation sums) and the
+    JSON form; unlabelled or unknown categories are not counted."""
+    n = 6
+    category = np.array(["benign", "dos", "dos", "", "no-such-class", "web-attack"], dtype=object)
+    batch = FlowBatch(SCHEMA, np.ones((n, 3)), np.full((n, 2), "6", dtype=object),
+                      category.copy(), category)  # fmt: skip
+    s = compute_stats(batch)
+    expected = np.zeros(len(CATEGORIES), dtype=np.int64)
+    for name, count in (("benign", 1), ("dos", 2), ("web-attack", 1)):
+        expected[CATEGORY_INDEX[name]] = count
+    np.testing.assert_array_equal(s.classes, expected)
+    np.testing.assert_array_equal(class_counts(category), expected)
+    twice = FeatureStats.from_vector(SCHEMA, s.to_vector() + s.to_vector())
+    np.testing.assert_array_equal(twice.classes, 2 * expected)
+    np.testing.assert_array_equal(merge_stats(s, s).classes, 2 * expected)
+    np.testing.assert_array_equal(FeatureStats.from_dict(s.to_dict()).classes, expected)
+    older = {k: v for k, v in s.to_dict().items() if k != "classes"}  # written before them
+    assert FeatureStats.from_dict(older).classes.tolist() == [0] * len(CATEGORIES)
+    assert empty_stats(SCHEMA).classes.tolist() == [0] * len(CATEGORIES)
 
 
 def test_json_roundtrip() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from phalanx.core.aggregation import make_algorithm
 from phalanx.core.errors import ConfigError, RoundError, SecAggError
-from phalanx.core.features.stats import compute_stats, merge_all
+from phalanx.core.features.stats import class_counts, compute_stats, merge_all
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Reply, Stage
 from phalanx.core.rounds import Federation, FederationPlan, RoundRecord, participant_seed
@@ -61,6 +61,38 @@ def test_statistics_stage_fits_the_pooled_transform() -> None:
     np.testing.assert_allclose(fed.transform.mean, pooled.mean, rtol=1e-9)
     np.testing.assert_allclose(fed.transform.scale, pooled.scale, rtol=1e-9)
     assert fed.weights[0].shape == (pooled.n_features, 3)
+
+
+@pytest.mark.parametrize("min_class_rows", [0, 32])
+def test_the_federation_s_class_counts_go_only_to_tasks_that_oversample(
+    min_class_rows: int,
+) -> None:
+    """The statistics stage also sums the members' rows per class. Tasks carry the totals only
+    when the model repeats rare classes by them (ADR 0019); a restored coordinator keeps them."""
+    orgs = generate_federation(3, 300, seed=7)
+    plan = FederationPlan(rounds=1, train_config={"model": {"min_class_rows": min_class_rows}})
+    fed = Federation(plan, orgs[0].schema, make_algorithm("fedavg"), _init)
+    req = fed.next_stage(P[:3])
+    assert req is not None and req.stage is Stage.STATS
+    asked = [t.config.get("class_counts") for t in req.tasks.values()]
+    assert asked == [1.0 if min_class_rows else None] * 3  # the histogram only when needed
+    replies = {
+        p: Reply(p, 0, Stage.STATS, fed.schema_hash, [compute_stats(b).to_vector()], len(b))
+        for p, b in zip(P, orgs, strict=False)
+    }
+    fed.complete_stage(replies)
+    expected = sum(class_counts(b.category) for b in orgs)
+    assert fed.class_totals == expected.tolist() and sum(expected) == 900
+    fit = fed.next_stage(P[:3])
+    assert fit is not None and fit.stage is Stage.FIT
+    configs = [t.config for t in fit.tasks.values()]
+    if min_class_rows:
+        assert all(c["class_totals"] == expected.tolist() for c in configs)
+    else:
+        assert not any("class_totals" in c for c in configs)
+    resumed = Federation(plan, orgs[0].schema, make_algorithm("fedavg"), _init)
+    resumed.restore(*fed.snapshot())
+    assert resumed.class_totals == fed.class_totals
 
 
 def _skip_stats(fed: Federation) -> None:
@@ -280,6 +312,8 @@ def test_secure_rounds_equal_the_plain_weighted_mean_within_quantization() -> No
     handlers = _secure_handlers(fed, values, examples)
     assert _drive(fed, handlers, {}) is None  # the statistics round
     assert fed.transform is not None
+    own = class_counts(generate_federation(1, 300, seed=7)[0].category)  # every member's
+    assert fed.class_totals == (len(S) * own).tolist()  # exact through the masked sum
     record = _drive(fed, handlers, {})
     assert isinstance(record, RoundRecord) and record.participants == tuple(S)
     expected = sum(values[p] * examples[p] for p in S) / sum(examples.values())

@@ -236,6 +236,36 @@ def test_class_counts_task_key_returns_the_label_counts(rng: np.random.Generator
     assert "class_counts" not in local_train(model().set_weights(g), X, y, {}, {})[3]
 
 
+def test_class_totals_set_the_repeats_of_rare_classes(rng: np.random.Generator) -> None:
+    """With ``min_class_rows``, the federation's class counts (``class_totals``) decide how often
+    a local row repeats: one local row of a class the federation holds twice repeats
+    ceil(32 / 2) = 16 times, not 32. The aggregation weight stays the distinct rows."""
+    X, y = blobs(rng, 97)
+    y[0] = 2
+    y[1:][y[1:] == 2] = 1  # class 2: one local row
+    totals = [400, 400, 2]
+    m = model(min_class_rows=32, batch_size=8)
+    rows = m.oversampled_rows(y, totals)
+    assert rows is not None
+    assert np.bincount(y[rows.numpy()]).tolist() == [(y == 0).sum(), (y == 1).sum(), 16]
+    g = m.initialize().get_weights()
+    runs = {
+        name: local_train(model(batch_size=8, **kw).set_weights(g), X, y, config, {})
+        for name, kw, config in (
+            ("own counts", {"min_class_rows": 32}, {}),
+            ("federation's", {"min_class_rows": 32}, {"class_totals": totals}),
+            ("off", {}, {"class_totals": totals}),  # totals alone change nothing
+        )
+    }
+    # 96 rows + 32, 16 or 1 presentations of the rare row, in batches of 8
+    assert {k: v[2]["steps"] for k, v in runs.items()} == {
+        "own counts": 16, "federation's": 14, "off": 13}  # fmt: skip
+    assert {v[1] for v in runs.values()} == {97}
+    for bad in ([1, 2], [1, -2, 3], [1.5, 2, 3], "many"):
+        with pytest.raises(ConfigError, match="class_totals must be 3 non-negative whole"):
+            local_train(model(min_class_rows=32).set_weights(g), X, y, {"class_totals": bad}, {})
+
+
 def test_class_counts_are_refused_with_dp_and_for_an_autoencoder(rng: np.random.Generator) -> None:
     X, y = blobs(rng, 60)
     dp = {"mode": "record", "noise_multiplier": 1.0, "clip": 1.0}

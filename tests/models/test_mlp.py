@@ -325,6 +325,12 @@ def test_oversampled_rows_repeat_only_the_classes_below_the_minimum() -> None:
     assert small(n_classes=4).oversampled_rows(y) is None  # off by default
     assert small(n_classes=4, min_class_rows=1).oversampled_rows(y) is None
     assert small(n_classes=4, min_class_rows=3).oversampled_rows(y[:53]) is None  # none rarer
+    # the federation's counts, when given, set the repeats: class 2 held 5 times -> 2 each
+    federation = small(n_classes=4, min_class_rows=10).oversampled_rows(y, [500, 30, 5, 400])
+    assert federation is not None
+    np.testing.assert_array_equal(np.bincount(y[federation.numpy()], minlength=4), [50, 3, 2, 40])
+    with pytest.raises(ModelError, match=r"class_totals has shape \(2,\)"):
+        small(n_classes=4, min_class_rows=10).oversampled_rows(y, [1, 2])
 
 
 def test_oversampling_adds_steps_and_keeps_the_example_count(rng: np.random.Generator) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from phalanx.core.errors import ConfigError, ModelError
-from phalanx.core.features.stats import compute_stats
+from phalanx.core.features.stats import FeatureStats, class_counts, compute_stats
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Stage, Task
 from phalanx.core.types import ParticipantId
@@ -53,3 +53,19 @@ def test_a_task_for_another_schema_is_refused_not_trained() -> None:
     reply = me.handle(_fit_task("0" * 64, transform, "mlp"))
     assert "schema mismatch" in reply.refused
     assert reply.arrays == []
+
+
+def test_the_label_histogram_leaves_only_when_the_statistics_task_asks_for_it() -> None:
+    batch = generate("office", 400, np.random.default_rng(2))
+    me = Participant(ParticipantId("org"), batch)
+    replies = {
+        asked: me.handle(
+            Task(round=0, stage=Stage.STATS, schema_hash=me.schema_hash, config=config)
+        )
+        for asked, config in ((False, {}), (True, {"class_counts": 1.0}))
+    }
+    vectors = {k: FeatureStats.from_vector(batch.schema, r.arrays[0]) for k, r in replies.items()}
+    assert vectors[False].classes.tolist() == [0] * len(vectors[False].classes)
+    np.testing.assert_array_equal(vectors[True].classes, class_counts(batch.category))
+    assert vectors[True].classes.sum() == len(batch)
+    np.testing.assert_array_equal(vectors[True].total, vectors[False].total)  # nothing else moves

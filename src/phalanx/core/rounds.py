@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from phalanx.core.aggregation import ServerAlgorithm
+from phalanx.core.aggregation.classwise import COUNTS_KEY
 from phalanx.core.errors import (
     AggregationError,
     ConfigError,
@@ -101,6 +102,9 @@ class Federation:
         self.roster: frozenset[ParticipantId] | None = None if roster is None else frozenset(roster)
         self._init_weights = init_weights
         self.transform: FeatureTransform | None = transform
+        # rows per taxonomy category over the federation, from the statistics stage (None with
+        # a fixed transform); tasks carry them only when the model oversamples rare classes
+        self.class_totals: list[int] | None = None
         self.weights: Weights = []
         self.round = 0
         self.history: list[RoundRecord] = []
@@ -135,6 +139,7 @@ class Federation:
             "round": self.round,
             "schema_hash": self.schema_hash,
             "transform": self.transform.to_dict() if self.transform is not None else None,
+            "class_totals": self.class_totals,
             "rng": self._rng.bit_generator.state,
             "history": [record_to_dict(r) for r in self.history],
             "spent": dict(self.spent),
@@ -157,6 +162,7 @@ class Federation:
         self.transform = (
             FeatureTransform.from_dict(meta["transform"]) if meta.get("transform") else None
         )
+        self.class_totals = meta.get("class_totals")
         self.weights = [np.asarray(w, dtype=np.float32) for w in arrays["weights"]]
         self.algorithm.load_state({k[5:]: v for k, v in arrays.items() if k.startswith("algo:")})
         self._rng.bit_generator.state = meta["rng"]
@@ -184,8 +190,13 @@ class Federation:
         if self._secure is not None and self._secure.running is not None:
             req = self._secure_request()
         elif self.transform is None:
+            # the members' rows per class only when the model oversamples by them (ADR 0019)
+            config = {COUNTS_KEY: 1.0} if _oversamples(self.plan.train_config) else {}
             tasks = {
-                p: Task(round=0, stage=Stage.STATS, schema_hash=self.schema_hash) for p in avail
+                p: Task(
+                    round=0, stage=Stage.STATS, schema_hash=self.schema_hash, config=dict(config)
+                )
+                for p in avail
             }
             req = StageRequest(0, Stage.STATS, tasks, min_replies=min(len(avail), 1) or 1)
             if self._secure is not None and tasks:
@@ -343,8 +354,14 @@ class Federation:
             vec = np.asarray(reply.arrays[0], dtype=np.float64)
             total = vec.copy() if total is None else total + vec
         assert total is not None  # valid is non-empty (min_replies >= 1)
-        stats = FeatureStats.from_vector(self.schema, total)
+        self._fit_transform(FeatureStats.from_vector(self.schema, total))
+
+    def _fit_transform(self, stats: FeatureStats) -> None:
+        """The statistics stage's outcome: the transform, the federation's class counts (sent
+        with the tasks when the model oversamples rare classes) and the initial weights."""
         self.transform = FeatureTransform.fit(stats)
+        # a negative sum (a member lying in the clear) would make every member refuse its tasks
+        self.class_totals = [max(int(c), 0) for c in stats.classes]
         self.weights = self._init_weights(self.transform.n_features)
 
     def _finish_fit(
@@ -443,8 +460,7 @@ class Federation:
         if out is None:
             return None
         if out.stats is not None:
-            self.transform = FeatureTransform.fit(FeatureStats.from_vector(self.schema, out.stats))
-            self.weights = self._init_weights(self.transform.n_features)
+            self._fit_transform(FeatureStats.from_vector(self.schema, out.stats))
             return None
         n = sum(u.num_examples for u in out.updates)
         metrics = weighted_metrics([(1, m) for m in out.metrics])
@@ -466,11 +482,14 @@ class Federation:
         assert self.transform is not None  # only called after the statistics stage
         if self._transform_dict[0] is not self.transform:
             self._transform_dict = (self.transform, self.transform.to_dict())
-        return {
+        config = {
             **self.plan.train_config,
             "seed": participant_seed(self.plan.seed, round_id, pid),
             "transform": self._transform_dict[1],
         }
+        if self.class_totals is not None and _oversamples(self.plan.train_config):
+            config["class_totals"] = self.class_totals
+        return config
 
     def _check(self, pid: ParticipantId, reply: Reply, req: StageRequest) -> None:
         if pid not in req.tasks:
@@ -500,3 +519,9 @@ class Federation:
                 )
             if not all(np.isfinite(a).all() for a in reply.arrays):
                 raise ProtocolError(f"update from {pid!r} in round {req.round} holds NaN or inf")
+
+
+def _oversamples(train_config: Mapping[str, Any]) -> bool:
+    """Whether the tasks' model oversamples rare classes (``min_class_rows`` above 1)."""
+    model = train_config.get("model")
+    return isinstance(model, Mapping) and int(model.get("min_class_rows") or 0) > 1

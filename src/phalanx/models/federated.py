@@ -16,6 +16,9 @@ config key                meaning
 ``class_counts``          non-zero: return the training rows' per-class counts under
                           ``extras["class_counts"]`` for class-wise averaging of the output
                           layer (:mod:`phalanx.core.aggregation.classwise`, ADR 0018)
+``class_totals``          the federation's rows per class, from the statistics stage: with the
+                          model's ``min_class_rows``, rare classes repeat by these counts
+                          instead of the local ones (ADR 0019)
 ``seed``                  read by :func:`build_model`: seeds initialization, shuffling, dropout
 ``dp``                    ``{mode: record, noise_multiplier, clip, ...}``: record-level DP-SGD
                           (Abadi et al., CCS 2016) in :mod:`phalanx.models.dpsgd`; other modes
@@ -217,6 +220,7 @@ def local_train(
             "task config restricted_softmax (FedRS) cannot run with record-level DP-SGD",
             hint="DP-SGD trains with the plain softmax; drop restricted_softmax",
         )
+    totals = _class_totals(config, model)
     if dp is not None and dp.mode == "record":
         return _record_dp_train(model, X, y, config, dp, epochs, mu, global_weights, noise_rng)
     control: tuple[Weights, Weights] | None = None
@@ -245,7 +249,7 @@ def local_train(
         if np.asarray(X).shape[0] == 0:
             raise ModelError("no local training examples for this task")
         model.partial_fit(X, y, epochs=epochs, proximal_mu=mu, reference=global_weights,
-                          control=control, absent_scale=alpha)  # fmt: skip
+                          control=control, absent_scale=alpha, class_totals=totals)  # fmt: skip
     stats = model.last_stats_
     metrics = {"loss": stats.loss, "steps": float(stats.steps), "epochs": float(epochs)}
     if isinstance(model, HybridDetector) and model.last_anomaly_stats_.examples:
@@ -317,6 +321,30 @@ def _record_dp_train(
         "dp_max_class_rate": max(run.class_rates, default=run.sampling_rate),
     }
     return model.get_weights(), stats.examples, metrics, {}
+
+
+def _class_totals(config: Mapping[str, Any], model: Model) -> np.ndarray | None:
+    """The task's ``class_totals`` as one non-negative count per class of ``model``."""
+    raw = config.get("class_totals")
+    if raw is None or isinstance(model, AutoencoderDetector):
+        return None
+    try:
+        totals = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        totals = np.full(1, np.nan)
+    n_classes = int(model.n_classes)
+    if (
+        totals.shape != (n_classes,)
+        or not np.isfinite(totals).all()
+        or (totals < 0).any()
+        or (totals != np.rint(totals)).any()
+    ):
+        raise ConfigError(
+            f"task config class_totals must be {n_classes} non-negative whole counts, one per"
+            f" class; found {str(raw)[:80]}",
+            hint="the coordinator sends the federation's class counts; run one Phalanx version",
+        )
+    return totals.astype(np.int64)
 
 
 def _whole(value: Any, key: str) -> int:

@@ -330,10 +330,12 @@ class HybridDetector(Params):
         reference: Weights | None = None,
         control: tuple[Weights, Weights] | None = None,
         absent_scale: float = 1.0,
+        class_totals: ArrayLike | None = None,
     ) -> Self:
         """One local step: the classifier on all rows, the autoencoder on the benign rows.
 
-        ``epochs`` (``None``: the parameter) applies to both; ``absent_scale`` (FedRS) to the
+        ``epochs`` (``None``: the parameter) applies to both; ``absent_scale`` (FedRS) and
+        ``class_totals`` (the federation's class counts for ``min_class_rows``) to the
         classifier only (:meth:`MLPClassifier.partial_fit`). ``reference`` (FedProx, Li et al.,
         MLSys 2020) and ``control = (c, c_i)`` (SCAFFOLD, Karimireddy et al., ICML 2020) are in
         :meth:`get_weights` order and split between the parts; afterwards ``last_control_`` and
@@ -359,7 +361,8 @@ class HybridDetector(Params):
             ctl_c, ctl_a = (c_c, ci_c), (c_a, ci_a)
         n_epochs = self.epochs if epochs is None else int(epochs)
         classifier.partial_fit(X, y, epochs=n_epochs, proximal_mu=proximal_mu, reference=ref_c,
-                               control=ctl_c, absent_scale=absent_scale)  # fmt: skip
+                               control=ctl_c, absent_scale=absent_scale,
+                               class_totals=class_totals)  # fmt: skip
         # no benign rows: the autoencoder takes no step and its weights stay as they came
         autoencoder.partial_fit(X, y, epochs=n_epochs * int(self.ae_epochs),
                                 proximal_mu=proximal_mu, reference=ref_a,

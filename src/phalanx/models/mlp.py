@@ -185,6 +185,7 @@ class MLPClassifier(TorchEstimator):
         reference: Weights | None = None,
         control: tuple[Weights, Weights] | None = None,
         absent_scale: float = 1.0,
+        class_totals: ArrayLike | None = None,
     ) -> Self:
         """Continue training from the current weights (building the network if needed).
 
@@ -213,6 +214,11 @@ class MLPClassifier(TorchEstimator):
             it trains on, and the few participants holding a rare class cannot outvote the rest;
             with ``alpha < 1`` those weights take a gradient scaled by ``alpha`` (none at 0).
             Prediction always uses the plain logits. Meant for federated local training only.
+        class_totals:
+            With ``min_class_rows``: the federation's rows per class (from the statistics
+            stage), which then set how often each class's rows repeat instead of this call's own
+            counts, so that the participants together present the rows a model trained on the
+            pooled data would (ADR 0019). ``None``: this call's labels.
 
         Returns
         -------
@@ -237,7 +243,7 @@ class MLPClassifier(TorchEstimator):
                 proximal_mu=float(proximal_mu),
                 reference=reference,
                 control=control,
-                rows=self.oversampled_rows(target.numpy()),
+                rows=self.oversampled_rows(target.numpy(), class_totals),
             )
         finally:
             self._absent_scale = 1.0
@@ -256,18 +262,31 @@ class MLPClassifier(TorchEstimator):
             )
         return torch.from_numpy(arr.astype(np.int64))
 
-    def oversampled_rows(self, y: ArrayLike) -> torch.Tensor | None:
+    def oversampled_rows(
+        self, y: ArrayLike, class_totals: ArrayLike | None = None
+    ) -> torch.Tensor | None:
         """The row indices one training epoch presents for labels ``y`` (``min_class_rows``).
 
-        Each row of a class present with ``c < min_class_rows`` rows appears
-        ``ceil(min_class_rows / c)`` times, every other row once, in row order (the epoch
-        shuffles them). ``None`` when nothing is repeated: every row once.
+        Each row of a class with ``c < min_class_rows`` rows appears ``ceil(min_class_rows / c)``
+        times, every other row once, in row order (the epoch shuffles them). ``c`` is the
+        class's count in ``class_totals`` (the federation's, one per class) when given, else in
+        ``y``. ``None`` when nothing is repeated: every row once.
         """
         labels = np.asarray(y, dtype=np.int64)
         k = int(self.min_class_rows)
         if k <= 1 or labels.size == 0:
             return None
         counts = np.bincount(labels, minlength=int(self.n_classes))
+        if class_totals is not None:
+            totals = np.asarray(class_totals, dtype=np.int64)
+            if totals.shape != counts.shape:
+                raise ModelError(
+                    f"class_totals has shape {totals.shape}; the classifier has"
+                    f" {self.n_classes} classes",
+                    hint="the totals come from another taxonomy or model",
+                )
+            # a class present here is present in the federation: never count it below here
+            counts = np.maximum(totals, counts)
         repeats = np.ones(counts.shape[0], dtype=np.int64)
         rare = (counts > 0) & (counts < k)
         if not rare.any():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from phalanx.core.aggregation.classwise import COUNTS_KEY
 from phalanx.core.errors import ConfigError
 from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import compute_stats
@@ -159,7 +160,8 @@ class Participant:
                 f" the task asks for {task.schema_hash[:12]}",
             )
         if task.stage is Stage.STATS:
-            stats = compute_stats(self.train)
+            # rows per class only when asked (rare-class oversampling, ADR 0019)
+            stats = compute_stats(self.train, classes=bool(task.config.get(COUNTS_KEY)))
             return self._reply(task, arrays=[stats.to_vector()], num_examples=len(self.train))
         if task.stage is Stage.FIT:
             return self._fit(task)

@@ -9,7 +9,9 @@ signed log ``sign(x) * log1p(|x|)`` first (some sources carry negative values, e
 ``-1`` window sizes). Per column: non-missing count, sum, sum of squares, minimum, maximum, missing
 count and infinite count. Missing means NaN or infinite (an infinite value is also counted as
 infinite, as are the infinities a reader already replaced by NaN, from ``FlowBatch.n_infinite``).
-Categorical columns keep the count of rows in each hashed bucket.
+Categorical columns keep the count of rows in each hashed bucket. The labelled rows are counted
+per taxonomy category too: rare-class oversampling (``min_class_rows``, ADR 0019) repeats a
+class's rows by the federation's count of it, which only these sums give.
 
 Merging is addition for everything but min and max (Chan, Golub & LeVeque 1983 give the pairwise
 form of the same idea for means and variances). :meth:`FeatureStats.to_vector` exposes exactly the
@@ -36,6 +38,7 @@ from phalanx.core.errors import ConfigError, SchemaMismatchError
 from phalanx.core.features.batch import FlowBatch, NumericMatrix
 from phalanx.core.features.hashing import hash_buckets
 from phalanx.core.features.schema import FeatureSchema
+from phalanx.core.taxonomy import CATEGORIES, CATEGORY_INDEX
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -91,6 +94,8 @@ class FeatureStats:
         Per numeric column: non-finite values (NaN or inf), and how many of them were infinite.
     buckets:
         Per categorical column, rows falling in each hashed bucket (length ``Column.buckets``).
+    classes:
+        Rows per taxonomy category (``CATEGORIES`` order); unlabelled rows are not counted.
     """
 
     schema: FeatureSchema
@@ -103,6 +108,7 @@ class FeatureStats:
     missing: I64
     infinite: I64
     buckets: tuple[I64, ...]
+    classes: I64
 
     @property
     def schema_hash(self) -> str:
@@ -127,8 +133,9 @@ class FeatureStats:
     def to_vector(self) -> F64:
         """The additive part as one float64 vector: what secure aggregation sums.
 
-        Layout: ``[n_rows, count, total, total_sq, missing, infinite, buckets...]`` with one entry
-        per numeric column in each block and the categorical bucket counts concatenated.
+        Layout: ``[n_rows, count, total, total_sq, missing, infinite, buckets..., classes]`` with
+        one entry per numeric column in each block, the categorical bucket counts concatenated,
+        then one count per taxonomy category.
         """
         parts: list[NDArray[Any]] = [
             np.array([self.n_rows], dtype=np.float64),
@@ -138,6 +145,7 @@ class FeatureStats:
             self.missing,
             self.infinite,
             *self.buckets,
+            self.classes,
         ]
         return np.concatenate([p.astype(np.float64) for p in parts])
 
@@ -150,7 +158,8 @@ class FeatureStats:
             raise SchemaMismatchError(
                 f"a statistics vector for schema {schema.source!r} v{schema.version} has"
                 f" {expected} entries, found shape {vec.shape}",
-                hint="the vector was built for another schema",
+                hint="the vector was built for another schema, or by a Phalanx version with"
+                " another statistics layout (run one version across the federation)",
             )
         k = len(schema.numeric)
         blocks = [vec[1 + i * k : 1 + (i + 1) * k] for i in range(5)]
@@ -172,6 +181,7 @@ class FeatureStats:
             missing=_to_int(blocks[3]),
             infinite=_to_int(blocks[4]),
             buckets=tuple(buckets),
+            classes=_to_int(vec[pos : pos + len(CATEGORIES)]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +198,7 @@ class FeatureStats:
             "missing": self.missing.tolist(),
             "infinite": self.infinite.tolist(),
             "buckets": [b.tolist() for b in self.buckets],
+            "classes": self.classes.tolist(),
         }
 
     @classmethod
@@ -214,6 +225,8 @@ class FeatureStats:
             missing=np.array(d["missing"], dtype=np.int64),
             infinite=np.array(d["infinite"], dtype=np.int64),
             buckets=tuple(np.array(b, dtype=np.int64) for b in d["buckets"]),
+            # documents written before the class counts existed have none
+            classes=np.array(d.get("classes", [0] * len(CATEGORIES)), dtype=np.int64),
         )
         _check_shapes(stats)
         return stats
@@ -221,7 +234,8 @@ class FeatureStats:
 
 def vector_length(schema: FeatureSchema) -> int:
     """Length of :meth:`FeatureStats.to_vector` for ``schema``."""
-    return 1 + 5 * len(schema.numeric) + sum(schema.column(c).buckets for c in schema.categorical)
+    buckets = sum(schema.column(c).buckets for c in schema.categorical)
+    return 1 + 5 * len(schema.numeric) + buckets + len(CATEGORIES)
 
 
 def empty_stats(schema: FeatureSchema) -> FeatureStats:
@@ -241,13 +255,16 @@ def empty_stats(schema: FeatureSchema) -> FeatureStats:
         buckets=tuple(
             np.zeros(schema.column(c).buckets, dtype=np.int64) for c in schema.categorical
         ),
+        classes=np.zeros(len(CATEGORIES), dtype=np.int64),
     )
 
 
-def compute_stats(batch: FlowBatch) -> FeatureStats:
+def compute_stats(batch: FlowBatch, *, classes: bool = True) -> FeatureStats:
     """Statistics of one batch of flows (numeric columns processed in chunks of 65,536 rows).
 
     The sums are accumulated in float64 whether the batch's numeric matrix is float64 or float32.
+    ``classes=False`` leaves the per-category counts at zero: a participant sends its label
+    histogram only when the federation needs it.
     """
     schema = batch.schema
     k = len(schema.numeric)
@@ -296,7 +313,20 @@ def compute_stats(batch: FlowBatch) -> FeatureStats:
         missing=n - count,
         infinite=infinite,
         buckets=buckets,
+        classes=class_counts(batch.category) if classes else np.zeros(len(CATEGORIES), np.int64),
     )
+
+
+def class_counts(category: NDArray[np.object_]) -> I64:
+    """Rows per taxonomy category (``CATEGORIES`` order); other values (unlabelled) are skipped."""
+    counts = np.zeros(len(CATEGORIES), dtype=np.int64)
+    if not len(category):
+        return counts
+    values, n = np.unique(category.astype(str), return_counts=True)
+    for value, count in zip(values.tolist(), n.tolist(), strict=True):
+        if value in CATEGORY_INDEX:
+            counts[CATEGORY_INDEX[value]] += count
+    return counts
 
 
 def merge_stats(a: FeatureStats, b: FeatureStats) -> FeatureStats:
@@ -318,6 +348,7 @@ def merge_stats(a: FeatureStats, b: FeatureStats) -> FeatureStats:
         missing=a.missing + b.missing,
         infinite=a.infinite + b.infinite,
         buckets=tuple(x + y for x, y in zip(a.buckets, b.buckets, strict=True)),
+        classes=a.classes + b.classes,
     )
 
 
@@ -345,6 +376,11 @@ def _check_shapes(stats: FeatureStats) -> None:
                 f"feature statistics field {name!r} has shape {shape}, the schema has {k}"
                 " numeric columns"
             )
+    if stats.classes.shape != (len(CATEGORIES),):
+        raise SchemaMismatchError(
+            f"feature statistics class counts have shape {stats.classes.shape}, the taxonomy"
+            f" has {len(CATEGORIES)} categories"
+        )
     sizes = [stats.schema.column(c).buckets for c in stats.schema.categorical]
     found = [b.shape[0] for b in stats.buckets]
     if found != sizes:
