@@ -69,6 +69,11 @@ Two later questions, each with a criterion fixed before its run (``docs/results.
   guard and the confirmation. A second rule then turned down more local steps per round
   (``-cw-bs128``, ``-cw-bs64``, ``-cw-lr0.1``): batch 128 passed on seeds 0-9, but on seeds
   10-19 its centralized baseline (same SGD settings) collapsed at two seeds.
+* Session 8 (``-cw-o32``, ``-cw-o128``; ADR 0019): rare classes oversampled to 32 or 128
+  presentations per epoch. The same rule and guards; 32 passed seeds 0-9 and 10-19. Its first
+  version (each call's own counts) then missed its rule on the issue's setup; the second
+  (the federation's counts, from the statistics stage, which these variants now run) met it on
+  fresh seeds 40-59 and joined the recipe (``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -236,7 +241,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             ("bs128", {}, {"batch_size": 128}),
             ("bs64", {}, {"batch_size": 64}),
             ("lr0.1", {}, {"lr": 0.1}),
-            # session 8: rare classes oversampled to 32 or 128 rows per epoch (ADR 0019)
+            # session 8: rare classes oversampled to 32 or 128 presentations (ADR 0019)
             ("o32", {}, {"min_class_rows": 32}),
             ("o128", {}, {"min_class_rows": 128}),
         )

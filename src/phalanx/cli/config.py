@@ -11,6 +11,7 @@ Example::
     [model]
     kind = "mlp"
     hidden = [256, 128]
+    # min_class_rows = 32          # oversample rare classes by the federation's counts (ADR 0019)
 
     [training]
     algorithm = "fedavg"

@@ -104,9 +104,10 @@ def simulate(
     min_class_rows: int = typer.Option(
         0,
         "--min-class-rows",
-        help="Oversample each classifier class with fewer training rows than this to about"
-        " this many per epoch, at every participant and in the baselines (0: off; the NSL-KDD"
-        " recipe uses 32; docs/adr/0019).",
+        help="Oversample the classifier's rare classes: each row of a class the federation"
+        " holds fewer than K times is presented about K / count times per epoch, at every"
+        " participant and in the baselines (0: off; the NSL-KDD recipe uses 32;"
+        " docs/adr/0019).",
     ),
     synthetic_flows: int = typer.Option(
         20_000, "--synthetic-flows", help="Flows per synthetic organization."

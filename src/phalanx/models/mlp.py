@@ -79,16 +79,17 @@ class MLPClassifier(TorchEstimator):
     min_class_rows:
         Random oversampling of rare classes (Buda et al., "A systematic study of the class
         imbalance problem in convolutional neural networks", Neural Networks 106, 2018): in
-        every training call, each row of a class present with ``c < min_class_rows`` rows is
-        presented ``ceil(min_class_rows / c)`` times per epoch (see :meth:`oversampled_rows`).
+        every training call, each row of a class with ``c < min_class_rows`` rows is presented
+        ``ceil(min_class_rows / c)`` times per epoch (see :meth:`oversampled_rows`); ``c`` is
+        the federation's count when the call gets ``class_totals``, else the call's own.
         The balanced class weights are computed on the presented labels, so each presentation
         weighs no more than a row did before; a class of two rows, held by the weight clip to
         a small share of the loss in one or two steps per epoch, now takes part in many steps
         (its total weight moves toward the balanced one). The reported ``examples`` (the
-        federated aggregation weight) stay the distinct rows. Under label skew this is what
-        lets the one or two participants holding a rare class teach it to the federation
-        (ADR 0019). 0 (or 1) turns it off. Not available under DP-SGD, whose accounting
-        assumes each record is sampled once per step.
+        federated aggregation weight) stay the distinct rows. Under label skew this lets the
+        one or two participants holding a rare class teach it to the federation (ADR 0019).
+        0 (or 1) turns it off. Not available under DP-SGD, whose accounting assumes each
+        record is sampled once per step.
     """
 
     _PARAMS = (

@@ -33,8 +33,9 @@ class ModelSpec(BaseModel):
     """Logit-adjusted loss strength tau (Menon et al., ICLR 2021); see MLPClassifier."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     min_class_rows: int = Field(0, ge=0, le=100_000)
-    """Oversample the classifier's classes of fewer rows to this many per epoch (0: off;
-    ADR 0019, models/mlp.py)."""
+    """Oversample the classifier's rare classes (0: off): a class the federation holds
+    ``c < min_class_rows`` times has each row presented ``ceil(min_class_rows / c)`` times per
+    epoch (ADR 0019, models/mlp.py)."""
     # the hybrid detector's anomaly part (models/hybrid.py); ignored by the other kinds
     ae_hidden: tuple[int, ...] = (64, 16)
     """Encoder widths of the hybrid's autoencoder (the last one is the bottleneck)."""
