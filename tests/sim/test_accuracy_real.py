@@ -8,9 +8,10 @@ The issue's NSL-KDD binary goal (>= 0.82 on KDDTest+) is asserted for the NSL-KD
 SGD (lr 0.05, momentum 0.9; ADR 0017) and an Adam autoencoder with ten passes per round,
 averaged plainly under FedAdam (ADR 0016), and, in the full recipe, the classifier's output
 rows averaged class by class (ADR 0018). Its second goal (macro-F1 within 2 points of the
-centralized model) is met at seed 0 only with the full recipe (gap -1.2 points; -4.1 and -7.2
-at seeds 1 and 2: the ``web-attack`` class, two test rows, and ``exploit``); the seed-0 gap and
-its narrowing by class-wise averaging are asserted, not the goal in general. What holds on every
+centralized model) was met at seed 0 only with class-wise averaging (gap -1.2 points; -4.1 and
+-7.2 at seeds 1 and 2: the ``web-attack`` class, two test rows, and ``exploit``). The current
+recipe adds rare-class oversampling (ADR 0019), which meets it at 15 of 20 fresh seeds
+(docs/results.md); here the seed-0 gaps and what each step changes are asserted. What holds on every
 seed measured is asserted too: the federated model beats the mean local-only model, its binary
 accuracy stays within 2 points of the centralized model's, and the hybrid's anomaly part raises
 it above its own classifier's.
@@ -146,6 +147,35 @@ def test_nsl_kdd_classwise_averaging_narrows_the_macro_f1_gap(
     assert (
         nsl_kdd_recipe["federated"]["macro_f1"] > nsl_kdd_recipe["local_only"]["mean"]["macro_f1"]
     )
+
+
+@pytest.fixture(scope="module")
+def nsl_kdd_oversampled(datasets: Path) -> dict[str, Any]:
+    """The current NSL-KDD recipe: the full recipe above plus rare classes oversampled by the
+    federation's counts (``min_class_rows = 32``, ADR 0019)."""
+    root = datasets / "nsl-kdd"
+    model = HYBRID_RECIPE.model_copy(update={"min_class_rows": 32})
+    cfg = _config(root / "KDDTrain+_20Percent.txt", root / "KDDTest+.txt", model)
+    return _summary(cfg.model_copy(update={"classwise_head": True}))
+
+
+def test_nsl_kdd_oversampling_teaches_the_federation_the_two_row_class(
+    nsl_kdd_recipe: dict[str, Any], nsl_kdd_oversampled: dict[str, Any]
+) -> None:
+    """``web-attack`` is two training rows at two participants. Without oversampling the
+    federated model never predicts it at seed 0 (F1 0); repeated by the federation's count, it
+    finds one of the two test rows (F1 0.67, the centralized model 0.40). The recipe keeps the
+    issue's goals at seed 0: binary accuracy 0.840, macro-F1 gap -1.6 points, above the
+    local-only mean (docs/results.md: within 2 points at 15 of 20 fresh seeds, not every one)."""
+    web = "web-attack"
+    assert nsl_kdd_recipe["federated"]["per_class"][web]["f1"] == 0.0
+    fed, cen = nsl_kdd_oversampled["federated"], nsl_kdd_oversampled["centralized"]
+    assert fed["per_class"][web]["f1"] > 0.5
+    assert fed["macro_f1"] - cen["macro_f1"] >= -0.02
+    assert _binary_accuracy(fed) >= 0.82
+    local = nsl_kdd_oversampled["local_only"]["mean"]
+    assert fed["macro_f1"] > local["macro_f1"]
+    assert _binary_accuracy(fed) > _binary_accuracy(local)
 
 
 def test_nsl_kdd_hybrid_federated_beats_local_only(nsl_kdd_hybrid: dict[str, Any]) -> None:
