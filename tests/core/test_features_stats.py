@@ -141,7 +141,8 @@ def test_labelled_rows_are_counted_per_category_and_summed() -> None:
     category = np.array(["benign", "dos", "dos", "", "no-such-class", "web-attack"], dtype=object)
     batch = FlowBatch(SCHEMA, np.ones((n, 3)), np.full((n, 2), "6", dtype=object),
                       category.copy(), category)  # fmt: skip
-    s = compute_stats(batch)
+    s = compute_stats(batch, classes=True)
+    assert compute_stats(batch).classes.tolist() == [0] * len(CATEGORIES)  # only when asked
     expected = np.zeros(len(CATEGORIES), dtype=np.int64)
     for name, count in (("benign", 1), ("dos", 2), ("web-attack", 1)):
         expected[CATEGORY_INDEX[name]] = count

@@ -9,6 +9,7 @@ import pytest
 
 from phalanx.core.aggregation import make_algorithm
 from phalanx.core.errors import ConfigError, RoundError, SecAggError
+from phalanx.core.features.batch import FlowBatch
 from phalanx.core.features.stats import class_counts, compute_stats, merge_all
 from phalanx.core.features.transform import FeatureTransform
 from phalanx.core.messages import Reply, Stage
@@ -77,7 +78,7 @@ def test_the_federation_s_class_counts_go_only_to_tasks_that_oversample(
     asked = [t.config.get("class_counts") for t in req.tasks.values()]
     assert asked == [1.0 if min_class_rows else None] * 3  # the histogram only when needed
     replies = {
-        p: Reply(p, 0, Stage.STATS, fed.schema_hash, [compute_stats(b).to_vector()], len(b))
+        p: Reply(p, 0, Stage.STATS, fed.schema_hash, [_stats_vector(b)], len(b))
         for p, b in zip(P, orgs, strict=False)
     }
     fed.complete_stage(replies)
@@ -93,6 +94,11 @@ def test_the_federation_s_class_counts_go_only_to_tasks_that_oversample(
     resumed = Federation(plan, orgs[0].schema, make_algorithm("fedavg"), _init)
     resumed.restore(*fed.snapshot())
     assert resumed.class_totals == fed.class_totals
+
+
+def _stats_vector(batch: FlowBatch) -> np.ndarray:
+    """What a member asked for its class counts sends in the statistics stage."""
+    return compute_stats(batch, classes=True).to_vector()
 
 
 def _skip_stats(fed: Federation) -> None:
@@ -274,7 +280,7 @@ def _secure_handlers(
     def inner(pid: ParticipantId):  # type: ignore[no-untyped-def]
         def handle(task):  # type: ignore[no-untyped-def]
             if task.stage is Stage.STATS:
-                vec = compute_stats(orgs[0]).to_vector()
+                vec = compute_stats(orgs[0], classes=True).to_vector()
                 return Reply(pid, task.round, task.stage, fed.schema_hash, [vec], 300)
             arrays = [w + values[pid] for w in task.weights]
             return Reply(pid, task.round, task.stage, fed.schema_hash, arrays, examples[pid],

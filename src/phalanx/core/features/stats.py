@@ -27,6 +27,7 @@ recommendations", The American Statistician 37(3), 1983.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -259,12 +260,12 @@ def empty_stats(schema: FeatureSchema) -> FeatureStats:
     )
 
 
-def compute_stats(batch: FlowBatch, *, classes: bool = True) -> FeatureStats:
+def compute_stats(batch: FlowBatch, *, classes: bool = False) -> FeatureStats:
     """Statistics of one batch of flows (numeric columns processed in chunks of 65,536 rows).
 
     The sums are accumulated in float64 whether the batch's numeric matrix is float64 or float32.
-    ``classes=False`` leaves the per-category counts at zero: a participant sends its label
-    histogram only when the federation needs it.
+    The per-category counts are left at zero unless ``classes`` is true: the transform does not
+    need them, and a participant sends its label histogram only when the federation asks.
     """
     schema = batch.schema
     k = len(schema.numeric)
@@ -320,12 +321,10 @@ def compute_stats(batch: FlowBatch, *, classes: bool = True) -> FeatureStats:
 def class_counts(category: NDArray[np.object_]) -> I64:
     """Rows per taxonomy category (``CATEGORIES`` order); other values (unlabelled) are skipped."""
     counts = np.zeros(len(CATEGORIES), dtype=np.int64)
-    if not len(category):
-        return counts
-    values, n = np.unique(category.astype(str), return_counts=True)
-    for value, count in zip(values.tolist(), n.tolist(), strict=True):
-        if value in CATEGORY_INDEX:
-            counts[CATEGORY_INDEX[value]] += count
+    for value, count in Counter(category.tolist()).items():  # a handful of distinct values
+        index = CATEGORY_INDEX.get(value) if isinstance(value, str) else None
+        if index is not None:
+            counts[index] += count
     return counts
 
 
